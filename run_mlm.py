@@ -1,0 +1,322 @@
+#!/usr/bin/env python
+"""Pre-train Spanish MoE-BERT with masked language modelling, using the Hugging Face Trainer.
+
+    python run_mlm.py configs/train_cpu_demo.json                        # bundled corpus, minutes on a CPU
+    python run_mlm.py configs/train_cpu_demo.json --max_steps 50         # flags override the JSON file
+    python run_mlm.py configs/train_large_p40.json                       # the published 340M setup
+    torchrun --nproc_per_node 2 run_mlm.py configs/train_cpu_demo.json   # one data shard per process
+    python run_mlm.py --help                                             # every option
+
+A run streams its documents (a Hub dataset or local .txt/.jsonl/.jsonl.gz files), holds out a validation split by
+document, tokenizes on the fly, packs tokens into blocks and masks 15% of them. Every `save_steps` it writes a
+checkpoint that also holds the position in the data stream; rerunning the same command after a crash resumes
+from the newest complete checkpoint in `output_dir`, with the same losses as a run that never stopped. At the
+end, the model and tokenizer are saved to `output_dir` and exported as a Hub-ready folder.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+
+from configuration_spanish_moe_bert import SpanishMoEBertConfig
+from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+from spanish_moe_bert.callbacks import (
+    DiskBudgetCallback,
+    StreamStateCallback,
+    is_complete,
+    last_complete_checkpoint,
+    read_stream_states,
+    remove_incomplete_checkpoints,
+)
+from spanish_moe_bert.data import (
+    MaskingCollator,
+    ResumableStream,
+    first_example,
+    hub_documents,
+    local_documents,
+    masked_eval_set,
+    shard_for_rank,
+    split_by_document,
+    tokenize_stream,
+)
+from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, logits_to_predictions, mlm_metrics
+
+logger = logging.getLogger("run_mlm")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelArguments:
+    model_config: str | None = field(
+        default=None,
+        metadata={"help": "Model architecture JSON (configs/tiny.json, mini.json, large.json) for a model trained from scratch."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Override fields of --model_config, e.g. 'num_hidden_layers=4,num_experts=8'."},
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue pre-training a saved model (a folder or Hub id) instead."}
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer folder or Hub id. If neither this nor --model_name_or_path is given, a tokenizer is "
+            "trained on the training documents (SpanishSPMTokenizer.train_new) and saved to output_dir."
+        },
+    )
+    tokenizer_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of a tokenizer trained here."})
+    tokenizer_training_documents: int = field(
+        default=100_000, metadata={"help": "How many training documents a tokenizer trained here reads."}
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str = field(
+        default="erickfmm/red_pajama_es_hq_35",
+        metadata={"help": "Hub dataset to stream, used when no --train_file is given."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of --dataset_name to stream."})
+    text_column: str = field(default="text", metadata={"help": "Field holding the text in the dataset / .jsonl files."})
+    train_file: list[str] | None = field(
+        default=None, metadata={"help": "Local training files (.txt: one document per line, .jsonl, .jsonl.gz)."}
+    )
+    validation_file: list[str] | None = field(
+        default=None, metadata={"help": "Local validation files; without them a split is held out by document."}
+    )
+    validation_split_percentage: float = field(
+        default=1.0,
+        metadata={"help": "Percent of documents held out for validation (by content hash) when no --validation_file."},
+    )
+    max_eval_samples: int = field(default=500, metadata={"help": "Validation examples (blocks) scored per evaluation."})
+    max_seq_length: int = field(default=512, metadata={"help": "Tokens per training example."})
+    line_by_line: bool = field(
+        default=False,
+        metadata={"help": "One example per document (truncated, padded) instead of packing documents into blocks."},
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of tokens masked for the MLM loss."})
+    map_batch_size: int = field(default=1000, metadata={"help": "Documents tokenized (and packed) together."})
+
+    def __post_init__(self):
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"--mlm_probability must be between 0 and 1, got {self.mlm_probability}")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError(f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}")
+        if self.max_seq_length < 8:
+            raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+
+
+@dataclass
+class PretrainingArguments(TrainingArguments):
+    """TrainingArguments with pre-training defaults, a disk budget, and a documented mixed-precision fallback."""
+
+    disk_budget_gb: float = field(
+        default=300.0,
+        metadata={"help": "Most GiB this run may keep in output_dir (checkpoints, logs, final model); see README."},
+    )
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Where to log; TensorBoard by default."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+
+    def __post_init__(self):
+        # fp16 needs CUDA. On a CPU machine, asking for it falls back to bf16 (CPU autocast) with a warning,
+        # so a GPU run file still works on a laptop; bf16 on CPU also needs `use_cpu`.
+        if not torch.cuda.is_available():
+            if self.fp16:
+                logging.getLogger("run_mlm").warning("--fp16 needs a CUDA GPU and none is visible: using bf16 on CPU")
+                self.fp16, self.bf16 = False, True
+            if self.bf16:
+                self.use_cpu = True
+        super().__post_init__()
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, PretrainingArguments]:
+    """Flags, or a JSON run file followed by flags that override it."""
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PretrainingArguments))
+    if argv and argv[0].endswith(".json"):
+        defaults = json.loads(Path(argv[0]).read_text())
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise ValueError(f"{argv[0]}: unknown option(s) {unknown}; see `python run_mlm.py --help`")
+        parser.set_defaults(**defaults)
+        argv = argv[1:]
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    if (model_args.model_config is None) == (model_args.model_name_or_path is None):
+        raise ValueError("give exactly one of --model_config (train from scratch) and --model_name_or_path")
+    # The stream restores its own position on resume (see StreamStateCallback); the Trainer must not also skip
+    # batches. Our pipeline makes only the columns the collator needs, so none are dropped.
+    training_args.ignore_data_skip = True
+    training_args.remove_unused_columns = False
+    return model_args, data_args, training_args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data, tokenizer, model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_documents(data_args: DataTrainingArguments):
+    """(train, validation or None) document streams."""
+    if data_args.train_file:
+        documents = local_documents(data_args.train_file, data_args.text_column)
+    else:
+        documents = hub_documents(
+            data_args.dataset_name, data_args.dataset_config_name, data_args.dataset_split, data_args.text_column
+        )
+    if data_args.validation_file:
+        return documents, local_documents(data_args.validation_file, data_args.text_column)
+    if data_args.validation_split_percentage > 0:
+        return split_by_document(documents, data_args.validation_split_percentage)
+    return documents, None
+
+
+def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments, train_documents):
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    if source is not None:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+    # Train one on the training documents, once: rank 0 trains and saves, the others (and a resumed run) load it.
+    output_dir = Path(training_args.output_dir)
+    with training_args.main_process_first(desc="tokenizer training"):
+        if not (output_dir / "tokenizer_config.json").is_file():
+            from tokenization_spanish_moe_bert import SpanishSPMTokenizer
+
+            logger.info(f"training a {model_args.tokenizer_vocab_size}-token tokenizer on the training documents")
+            texts = (doc["text"] for doc in islice(train_documents, model_args.tokenizer_training_documents))
+            SpanishSPMTokenizer.train_new(texts, vocab_size=model_args.tokenizer_vocab_size).save_pretrained(output_dir)
+        return AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
+
+
+def build_model(model_args: ModelArguments, tokenizer) -> SpanishMoEBertForMaskedLM:
+    if model_args.model_name_or_path is not None:
+        model = SpanishMoEBertForMaskedLM.from_pretrained(model_args.model_name_or_path)
+        if len(tokenizer) > model.config.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the model only {model.config.vocab_size}")
+        return model
+    config = SpanishMoEBertConfig.from_json_file(model_args.model_config)
+    if model_args.config_overrides:
+        config.update_from_string(model_args.config_overrides)
+    config.vocab_size = len(tokenizer)
+    config.pad_token_id = tokenizer.pad_token_id
+    config.validate_architecture()
+    return SpanishMoEBertForMaskedLM(config)
+
+
+def resolve_checkpoint(training_args: TrainingArguments) -> Path | None:
+    """--resume_from_checkpoint if given, else the newest complete checkpoint in output_dir (if any)."""
+    if training_args.resume_from_checkpoint:
+        checkpoint = Path(training_args.resume_from_checkpoint)
+        if not is_complete(checkpoint):
+            raise ValueError(f"{checkpoint} is not a complete checkpoint written by run_mlm.py")
+        return checkpoint
+    if training_args.process_index == 0:
+        remove_incomplete_checkpoints(Path(training_args.output_dir))
+    training_args.resume_from_checkpoint = None
+    return last_complete_checkpoint(Path(training_args.output_dir))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
+    """Train, save and export; returns the final metrics."""
+    set_seed(training_args.seed)
+    rank, world_size = training_args.process_index, training_args.world_size
+
+    # Data: documents -> (held-out split) -> this rank's shard -> tokens -> blocks, all lazily streamed.
+    train_documents, eval_documents = load_documents(data_args)
+    tokenizer = load_tokenizer(model_args, training_args, train_documents)
+    blocks = tokenize_stream(
+        shard_for_rank(train_documents, rank, world_size),
+        tokenizer,
+        data_args.max_seq_length,
+        data_args.line_by_line,
+        data_args.map_batch_size,
+    )
+    first_example(blocks)  # fail now, not mid-run, on missing, empty or unreadable data
+    train_stream = ResumableStream(blocks)
+    eval_dataset = None
+    if eval_documents is not None and (training_args.do_eval or training_args.eval_strategy != "no"):
+        eval_blocks = tokenize_stream(eval_documents, tokenizer, data_args.max_seq_length, data_args.line_by_line)
+        eval_dataset = masked_eval_set(
+            eval_blocks, tokenizer, data_args.mlm_probability, data_args.max_eval_samples, training_args.seed
+        )
+
+    # Model
+    model = build_model(model_args, tokenizer)
+    logger.info(f"model: {model.num_parameters():,} parameters, vocabulary {model.config.vocab_size}")
+
+    # Resume: the newest complete checkpoint, and each rank's position in its stream.
+    checkpoint = resolve_checkpoint(training_args)
+    if checkpoint is not None:
+        stream_states = read_stream_states(checkpoint)
+        if len(stream_states) != world_size:
+            raise ValueError(
+                f"{checkpoint} was written by {len(stream_states)} processes; resume it with as many, not {world_size}"
+            )
+        train_stream.load_state_dict(stream_states[rank])
+        logger.info(f"resuming from {checkpoint}")
+
+    # Trainer
+    disk_budget = DiskBudgetCallback(training_args.disk_budget_gb, training_args.output_dir, model.num_parameters())
+    pad_to = 8 if data_args.line_by_line and (training_args.fp16 or training_args.bf16) else None
+    trainer = MoEMLMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_stream,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=MaskingCollator.for_tokenizer(tokenizer, data_args.mlm_probability, pad_to),
+        compute_metrics=mlm_metrics if eval_dataset is not None else None,
+        preprocess_logits_for_metrics=logits_to_predictions if eval_dataset is not None else None,
+        callbacks=[StreamStateCallback(train_stream), disk_budget, *extra_callbacks],
+    )
+    try:
+        train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except NonFiniteLossError as error:
+        logger.error(str(error))
+        raise SystemExit(f"run_mlm: {error}") from None
+    metrics = train_result.metrics
+    trainer.log_metrics("train", metrics)
+
+    # Save: the final model and tokenizer go into output_dir itself, if the disk budget allows.
+    if disk_budget.room_for_final_model(trainer.is_world_process_zero()):
+        trainer.save_model()
+        trainer.save_state()
+        trainer.save_metrics("train", metrics)
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if disk_budget.stop_message is not None:
+        raise SystemExit(f"run_mlm: {disk_budget.stop_message}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    return run(model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Trainer callbacks of `run_mlm.py`: the stream position inside checkpoints, and the disk budget.
+
+Both rely on one fact of the HF Trainer: a checkpoint's `trainer_state.json` is written after the weights,
+optimizer, scheduler and RNG states. A checkpoint whose `trainer_state.json` parses and holds the stream
+position is therefore complete; anything else was interrupted while being written and is never resumed from.
+"""
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+GIB = 1024**3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints on disk
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_stream_states(checkpoint: Path) -> list[dict] | None:
+    """The per-rank stream positions saved in a checkpoint, or None if it is incomplete."""
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        return state["stateful_callbacks"][StreamStateCallback.__name__]["attributes"]["stream_states"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    return read_stream_states(checkpoint) is not None
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """`checkpoint-N` folders, oldest (smallest N) first."""
+    if not Path(output_dir).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(output_dir).iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [path for _, path in sorted(found) if path.is_dir()]
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    complete = [c for c in list_checkpoints(output_dir) if is_complete(c)]
+    return complete[-1] if complete else None
+
+
+def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Delete checkpoints left half-written by a killed run (they would otherwise count as the newest)."""
+    removed = [c for c in list_checkpoints(output_dir) if not is_complete(c)]
+    for checkpoint in removed:
+        logger.warning(f"removing {checkpoint}: it was interrupted while being written")
+        shutil.rmtree(checkpoint)
+    return removed
+
+
+def directory_bytes(path: Path) -> int:
+    path = Path(path)
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _all_ranks(value):
+    """`value` from every process (a one-element list outside distributed runs)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def _from_rank_zero(value):
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stream position
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class StreamStateCallback(TrainerCallback, ExportableState):
+    """Puts every rank's training-stream position into each checkpoint's `trainer_state.json`.
+
+    The Trainer stores `state()` of exportable callbacks in `trainer_state.json`, which it writes last: the stream
+    position lands in the checkpoint atomically with the step it belongs to. `run_mlm.py` reads it back with
+    `read_stream_states` and gives each rank its own position before training resumes.
+    """
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.stream_states = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # The default flow has decided about saving by now; nothing has been read past this step yet.
+        if control.should_save:
+            self.stream_states = _all_ranks(self.stream.state_dict())
+        return control
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"stream_states": self.stream_states}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Disk budget
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DiskBudgetCallback(TrainerCallback):
+    """Keeps what the run writes under `output_dir` (checkpoints, TensorBoard logs, final model) within
+    `budget_gb`, and within the free space of the device.
+
+    Before each checkpoint it makes room for that checkpoint plus the final model (so the run can always end
+    with a saved model) by deleting the oldest checkpoints, never the newest complete one. If that is not enough
+    it cancels the save and stops training with a message saying why; the budget is never crossed.
+    Sizes are measured from checkpoints already written; the first one is estimated from the parameter count
+    (fp32 weights + AdamW's two fp32 moments).
+    """
+
+    def __init__(self, budget_gb: float, output_dir: str, num_parameters: int, bytes_per_parameter: int = 4):
+        self.budget_bytes = int(budget_gb * GIB)
+        self.output_dir = Path(output_dir)
+        self.final_model_bytes = num_parameters * bytes_per_parameter + 2 * 1024**2  # + tokenizer, config, code
+        self.first_checkpoint_bytes = num_parameters * (bytes_per_parameter + 8) + 1024**2
+        self.stop_message = None
+
+    def used_bytes(self) -> int:
+        return directory_bytes(self.output_dir)
+
+    def checkpoint_bytes(self) -> int:
+        sizes = [directory_bytes(c) for c in list_checkpoints(self.output_dir) if is_complete(c)]
+        return max(sizes, default=self.first_checkpoint_bytes)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.output_dir if self.output_dir.exists() else Path.cwd()).free
+
+    def fits(self, nbytes: int) -> bool:
+        return self.used_bytes() + nbytes <= self.budget_bytes and nbytes <= self.free_bytes()
+
+    def make_room(self, nbytes: int) -> bool:
+        """Delete the oldest checkpoints (never the newest complete one) until `nbytes` more fit."""
+        while not self.fits(nbytes):
+            checkpoints = list_checkpoints(self.output_dir)
+            newest_complete = last_complete_checkpoint(self.output_dir)
+            deletable = [c for c in checkpoints if c != newest_complete]
+            if not deletable:
+                return False
+            logger.warning(f"disk budget: removing {deletable[0]} to make room")
+            shutil.rmtree(deletable[0])
+        return True
+
+    def _explain(self, nbytes: int, what: str) -> str:
+        return (
+            f"disk budget reached: {what} needs {nbytes / GIB:.3f} GiB but {self.output_dir} already uses "
+            f"{self.used_bytes() / GIB:.3f} GiB of the {self.budget_bytes / GIB:.3f} GiB budget (--disk_budget_gb), "
+            f"free on device {self.free_bytes() / GIB:.1f} GiB, and no older checkpoint is "
+            f"left to remove. Training stopped cleanly; the newest complete checkpoint is "
+            f"{last_complete_checkpoint(self.output_dir)}. Raise --disk_budget_gb or free space, then rerun to resume."
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not control.should_save:
+            return control
+        needed = self.checkpoint_bytes() + self.final_model_bytes
+        # Rank 0 owns the files and decides; every rank must agree on whether to save.
+        message = None
+        if state.is_world_process_zero and not self.make_room(needed):
+            message = self._explain(needed, f"checkpoint {state.global_step} plus the final model")
+        message = _from_rank_zero(message)
+        if message is not None:
+            logger.error(message)
+            self.stop_message = message
+            control.should_save = False
+            control.should_training_stop = True
+        return control
+
+    def room_for_final_model(self, is_main_process: bool) -> bool:
+        """Make room for the final model (rank 0 decides for all); False, with the reason in `stop_message`,
+        if it cannot fit."""
+        message = None
+        if is_main_process and not self.make_room(self.final_model_bytes):
+            message = self._explain(self.final_model_bytes, "the final model")
+        message = _from_rank_zero(message)
+        if message is None:
+            return True
+        logger.error(message)
+        self.stop_message = message
+        return False

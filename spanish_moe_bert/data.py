@@ -1,0 +1,227 @@
+"""The streaming data pipeline of `run_mlm.py`: documents -> held-out split -> per-rank shard -> tokens -> blocks.
+
+Everything is a `datasets.IterableDataset`, so a Hub dataset and local files go through the same steps, nothing
+is tokenized ahead of time, and the position in the stream can be saved in a checkpoint and restored
+(`IterableDataset.state_dict()` / `load_state_dict()`) instead of re-reading the stream to skip what was seen.
+"""
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+from datasets import Dataset, Features, IterableDataset, Value, load_dataset
+from datasets.distributed import split_dataset_by_node
+from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, PreTrainedTokenizerBase
+
+from .corpus import iter_texts
+
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
+
+
+class EmptyDatasetError(ValueError):
+    """The data yielded no training example at all."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Documents
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _read_documents(paths: list[str], text_column: str) -> Iterator[dict]:
+    # One generator call per shard; `datasets` hands each call its own slice of `paths`.
+    for path in paths:
+        for text in iter_texts(path, text_column=text_column):
+            yield {"text": text}
+
+
+def local_documents(paths: list[str], text_column: str = "text") -> IterableDataset:
+    """Stream documents from local .txt (one per line) / .jsonl / .jsonl.gz files, one shard per file.
+
+    Bad files fail while streaming with an error naming file, line and field (see `corpus.iter_texts`); a missing
+    file or an unsupported suffix fails here, before anything runs.
+    """
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
+        if not str(path).endswith(LOCAL_SUFFIXES):
+            raise ValueError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
+    return IterableDataset.from_generator(
+        _read_documents,
+        gen_kwargs={"paths": [str(p) for p in paths], "text_column": text_column},
+        features=Features({"text": Value("string")}),
+    )
+
+
+def hub_documents(name: str, config_name: str | None, split: str, text_column: str) -> IterableDataset:
+    """Stream a Hub dataset (nothing is downloaded ahead), keeping only its text column, renamed to "text"."""
+    dataset = load_dataset(name, config_name, split=split, streaming=True)
+    if dataset.column_names is not None and text_column not in dataset.column_names:
+        raise ValueError(f"dataset {name}: no column {text_column!r}; its columns are {dataset.column_names}")
+    dataset = dataset.select_columns([text_column])
+    return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
+
+
+def is_held_out(text: str, percentage: float) -> bool:
+    """Stable per-document split: the same document always lands on the same side, in any order, on any machine."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 < percentage * 100
+
+
+def split_by_document(documents: IterableDataset, percentage: float) -> tuple[IterableDataset, IterableDataset]:
+    """(train, validation) streams; `percentage` % of documents, chosen by content hash, go to validation."""
+    train = documents.filter(lambda doc: not is_held_out(doc["text"], percentage))
+    validation = documents.filter(lambda doc: is_held_out(doc["text"], percentage))
+    return train, validation
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokens -> blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def pack_documents(batch: dict, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> dict:
+    """Concatenate a batch of documents, [SEP]-separated, and cut it into `[CLS] ... [SEP]` blocks of
+    exactly `max_seq_length` tokens (no padding). The tail that does not fill a block is dropped: at most one
+    block per map batch."""
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    stream = [token for document in ids for token in (*document, tokenizer.sep_token_id)]
+    body = max_seq_length - 2
+    blocks = [
+        [tokenizer.cls_token_id, *stream[start : start + body], tokenizer.sep_token_id]
+        for start in range(0, len(stream) - body + 1, body)
+    ]
+    special = set(tokenizer.all_special_ids)
+    return {
+        "input_ids": blocks,
+        "attention_mask": [[1] * max_seq_length for _ in blocks],
+        "special_tokens_mask": [[int(t in special) for t in block] for block in blocks],
+    }
+
+
+def tokenize_lines(batch: dict, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> dict:
+    """One example per document, truncated to `max_seq_length`; the collator pads."""
+    encoded = tokenizer(
+        batch["text"], truncation=True, max_length=max_seq_length, return_special_tokens_mask=True
+    )
+    return {key: encoded[key] for key in ("input_ids", "attention_mask", "special_tokens_mask")}
+
+
+def tokenize_stream(
+    documents: IterableDataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    line_by_line: bool = False,
+    map_batch_size: int = 1000,
+) -> IterableDataset:
+    """Tokenize lazily, while training reads: blocks of `max_seq_length` tokens, or one example per line."""
+    function = tokenize_lines if line_by_line else pack_documents
+    return documents.map(
+        function,
+        batched=True,
+        batch_size=map_batch_size,
+        remove_columns=["text"],
+        fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length},
+    )
+
+
+def shard_for_rank(documents: IterableDataset, rank: int, world_size: int) -> IterableDataset:
+    """Each process reads its own documents: whole shards (files) when they divide evenly, else every n-th one."""
+    return split_dataset_by_node(documents, rank=rank, world_size=world_size) if world_size > 1 else documents
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The resumable training stream
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ResumableStream(torch.utils.data.IterableDataset):
+    """An endless stream of training examples: passes over `dataset` epoch after epoch (training length is
+    `max_steps`), and exposes the position of the last example it yielded, epoch included, for checkpoints.
+
+    The position is exact only if nothing reads ahead of the training loop: iterate it in the training process
+    (DataLoader `num_workers=0`, not wrapped by accelerate, which prefetches one batch).
+    """
+
+    def __init__(self, dataset: IterableDataset):
+        self.dataset = dataset
+        self.epoch = 0
+        self._resumed = False
+
+    def __iter__(self):
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            examples = 0
+            for example in self.dataset:
+                examples += 1
+                yield example
+            if examples == 0 and not self._resumed:
+                raise EmptyDatasetError(
+                    "the training data yielded no example (empty files, or every document held out, or too few "
+                    "tokens for one block of max_seq_length)"
+                )
+            self._resumed = False
+            self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        # `datasets` applies the state only to the pass whose epoch matches, so later passes start afresh.
+        self.dataset.load_state_dict(state)
+        self.epoch = state["epoch"]
+        self._resumed = True
+
+
+def first_example(dataset: IterableDataset) -> dict:
+    """Read one example, to fail before training starts on missing, empty or unreadable data."""
+    example = next(iter(dataset), None)
+    if example is None:
+        raise EmptyDatasetError(
+            "the training data yielded no example (empty files, or every document held out, or too few tokens "
+            "for one block of max_seq_length)"
+        )
+    return example
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masking
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MaskingCollator:
+    """Masks training batches on the fly (with the global torch RNG, which checkpoints save and restore).
+    Evaluation examples arrive already masked, once with a fixed seed, so every evaluation scores the same
+    masked positions and numbers are comparable across steps; they are only padded (labels with -100)."""
+
+    masker: DataCollatorForLanguageModeling
+    padder: DataCollatorForTokenClassification
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, mlm_probability: float, pad_to_multiple_of: int | None = None):
+        return cls(
+            masker=DataCollatorForLanguageModeling(
+                tokenizer, mlm_probability=mlm_probability, pad_to_multiple_of=pad_to_multiple_of
+            ),
+            padder=DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of),
+        )
+
+    def __call__(self, features: list[dict]) -> dict:
+        return self.padder(features) if "labels" in features[0] else self.masker(features)
+
+
+def masked_eval_set(
+    examples: IterableDataset, tokenizer, mlm_probability: float, max_samples: int, seed: int
+) -> Dataset:
+    """Take the first `max_samples` validation examples and mask them once, reproducibly."""
+    masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+    rows = []
+    for example in islice(examples, max_samples):
+        batch = masker([example])
+        rows.append({key: batch[key][0].tolist() for key in ("input_ids", "attention_mask", "labels")})
+    if not rows:
+        raise EmptyDatasetError("the validation data yielded no example; give more data or a --validation_file")
+    return Dataset.from_list(rows)

@@ -1,0 +1,138 @@
+"""The Trainer of `run_mlm.py`: router and DyT metrics in the logs, a NaN/inf guard, MLM evaluation metrics, and
+a training dataloader that keeps the stream's own position (see `data.ResumableStream`)."""
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class RouterMetrics:
+    """Running sums of the router outputs between two logging steps (kept on device: no sync per step)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.steps = 0
+        self.aux_loss = self.z_loss = self.expert_load = None
+
+    @staticmethod
+    def _add(total, value):
+        value = value.detach().float()
+        return value if total is None else total + value
+
+    def update(self, outputs) -> None:
+        if getattr(outputs, "expert_load", None) is None:
+            return  # a model without sparse layers
+        self.steps += 1
+        self.expert_load = self._add(self.expert_load, outputs.expert_load)
+        if outputs.aux_loss is not None:
+            self.aux_loss = self._add(self.aux_loss, outputs.aux_loss)
+        if outputs.z_loss is not None:
+            self.z_loss = self._add(self.z_loss, outputs.z_loss)
+
+    def compute(self, reduce) -> dict[str, float]:
+        """Means since the last call, averaged over processes by `reduce`; then start over.
+
+        Per sparse layer: the entropy of the expert load divided by log(num_experts) (1.0 = perfectly balanced)
+        and the largest fraction of tokens sent to one expert (1/num_experts = balanced)."""
+        if self.steps == 0:
+            return {}
+        logs = {}
+        for name in ("aux_loss", "z_loss"):
+            if getattr(self, name) is not None:
+                logs[f"router/{name}"] = reduce(getattr(self, name) / self.steps).item()
+        load = reduce(self.expert_load / self.steps)  # [num_sparse_layers, num_experts]
+        load = load / load.sum(-1, keepdim=True).clamp_min(1e-12)
+        entropy = -(load * load.clamp_min(1e-12).log()).sum(-1) / math.log(load.shape[-1])
+        max_load = load.max(-1).values
+        for layer, (h, m) in enumerate(zip(entropy.tolist(), max_load.tolist())):
+            logs[f"router/layer_{layer}/load_entropy"] = h
+            logs[f"router/layer_{layer}/max_load"] = m
+        logs["router/load_entropy_min"] = entropy.min().item()
+        logs["router/max_load_max"] = max_load.max().item()
+        self.reset()
+        return logs
+
+
+class MoEMLMTrainer(Trainer):
+    """`Trainer` for MoE masked-LM pre-training on a `ResumableStream`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.router_metrics = RouterMetrics()
+
+    def get_train_dataloader(self) -> DataLoader:
+        # The stream is already sharded per process (`split_dataset_by_node`) and records its position for
+        # checkpoints. accelerate would shard it a second time and read a batch ahead of the loop, so it gets a
+        # plain DataLoader, read in this process. The private generator keeps DataLoader from drawing its seed
+        # from the global RNG, whose checkpointed state must match an uninterrupted run on resume.
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=0,
+            pin_memory=self.args.dataloader_pin_memory,
+            generator=torch.Generator(),
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            self._stop_on_non_finite(loss)
+            self.router_metrics.update(outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
+        # Raised before backward and the optimizer step, so the weights (and any later save) stay finite.
+        # All processes agree, otherwise the ones that go on would wait forever in the next all-reduce.
+        bad = (~torch.isfinite(loss.detach())).float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} (NaN or inf) at step {self.state.global_step + 1}; training stopped "
+                f"before the bad update, nothing after the last good checkpoint was saved. Lower --learning_rate, "
+                f"raise --warmup_steps or use --max_grad_norm, then resume from the last checkpoint."
+            )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs.update(self.router_metrics.compute(lambda t: self.accelerator.reduce(t, reduction="mean")))
+        if "loss" in logs and hasattr(self.model, "dyt_statistics"):
+            logs.update({f"dyt/{name}": value for name, value in self.model.dyt_statistics().items()})
+        super().log(logs, start_time)
+
+
+def perplexity(mlm_loss: float) -> float:
+    return math.exp(mlm_loss) if mlm_loss < 80 else float("inf")
+
+
+def logits_to_predictions(logits, labels):
+    """Keep per-token argmax and label log-loss instead of [batch, length, vocab] logits (for `compute_metrics`)."""
+    if isinstance(logits, tuple):  # outputs beyond the logits (router statistics) come along as a tuple
+        logits = logits[0]
+    nll = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
+    return logits.argmax(-1), nll
+
+
+def mlm_metrics(eval_prediction) -> dict[str, float]:
+    """Masked-token accuracy, MLM loss (without router losses) and its perplexity over the masked positions."""
+    predictions, nll = eval_prediction.predictions
+    labels = eval_prediction.label_ids
+    masked = labels != -100
+    mlm_loss = float(np.asarray(nll, dtype=np.float64)[masked].mean())
+    return {
+        "accuracy": float((predictions[masked] == labels[masked]).mean()),
+        "mlm_loss": mlm_loss,
+        "perplexity": perplexity(mlm_loss),
+    }
