@@ -80,6 +80,9 @@ class HeldOutParagraphs:
     def touches(self, text: str) -> bool:
         return any(paragraph_key(p) in self.keys for p in paragraphs(text))
 
+    def filter(self, texts: Iterable[str]) -> list[str]:
+        return [t for t in texts if not self.touches(t)]
+
 
 
 def build_dev_set(
