@@ -139,6 +139,7 @@ class PretrainingArguments(TrainingArguments):
                 self.fp16, self.bf16 = False, True
             if self.bf16:
                 self.use_cpu = True
+            self.dataloader_pin_memory = False  # nothing to pin for
         super().__post_init__()
 
 
