@@ -1,0 +1,139 @@
+"""Corpus readers shared by tokenizer training and MLM pre-training.
+
+Two sources of raw Spanish text, both yielding one ``str`` per document or paragraph:
+
+* :func:`iter_texts` reads local files: ``.txt`` (one paragraph per line, empty lines skipped),
+  ``.jsonl`` and ``.jsonl.gz`` (one JSON object per line with a text field, e.g. the shared
+  ``es_corpus.jsonl.gz``). Bad input raises :class:`CorpusError` naming the file, the line and the
+  field, so a broken line deep inside a multi-gigabyte file can be found and fixed.
+* :func:`iter_dataset` streams a Hugging Face ``datasets`` dataset (by default
+  ``erickfmm/red_pajama_es_hq_35``) without downloading it first, capped by ``max_documents``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
+DEFAULT_DATASET = "erickfmm/red_pajama_es_hq_35"
+SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
+
+
+class CorpusError(ValueError):
+    """A corpus file or dataset record that cannot be read as text."""
+
+
+def _check_max_documents(max_documents: int | None) -> None:
+    if max_documents is not None and (
+        isinstance(max_documents, bool) or not isinstance(max_documents, int) or max_documents < 1
+    ):
+        raise ValueError(f"max_documents must be a positive integer or None, got {max_documents!r}")
+
+
+def _text_field(record: object, text_column: str, where: str) -> str:
+    """Return ``record[text_column]`` if it is a string, else raise a CorpusError saying where."""
+    if not isinstance(record, dict):
+        raise CorpusError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if text_column not in record:
+        raise CorpusError(f"{where}: missing field {text_column!r} (fields: {sorted(record)})")
+    text = record[text_column]
+    if not isinstance(text, str):
+        raise CorpusError(f"{where}: field {text_column!r} must be a string, got {type(text).__name__}")
+    return text
+
+
+def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a UTF-8 text file, gzip-compressed if it ends in ``.gz``.
+
+    Lines are read as bytes and decoded one by one, so a decoding error names its exact line.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    line_number = 0
+    try:
+        with opener(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                try:
+                    yield line_number, raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise CorpusError(
+                        f"{path}:{line_number}: not valid UTF-8 (byte {raw[err.start]:#04x} at byte offset "
+                        f"{err.start} of the line); re-encode the file as UTF-8"
+                    ) from err
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise CorpusError(f"{path}: corrupt or truncated gzip file after line {line_number}: {err}") from err
+
+
+def iter_texts(
+    path: str | os.PathLike,
+    text_column: str = "text",
+    max_documents: int | None = None,
+) -> Iterator[str]:
+    """Yield the texts of a ``.txt``, ``.jsonl`` or ``.jsonl.gz`` file, at most ``max_documents`` of them.
+
+    ``.txt``: each non-empty line is one text (the trailing newline is removed).
+    ``.jsonl`` / ``.jsonl.gz``: each non-empty line is a JSON object whose ``text_column`` field is
+    one text (a document; it may contain newlines between paragraphs).
+    """
+    _check_max_documents(max_documents)
+    path = os.fspath(path)
+    if not path.endswith(SUPPORTED_SUFFIXES):
+        raise CorpusError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    is_jsonl = not path.endswith(".txt")
+
+    def texts() -> Iterator[str]:
+        for line_number, line in _numbered_lines(path):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            if not is_jsonl:
+                yield line
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from err
+            yield _text_field(record, text_column, where)
+
+    yield from islice(texts(), max_documents)
+
+
+def iter_dataset(
+    dataset_name: str = DEFAULT_DATASET,
+    split: str = "train",
+    text_column: str = "text",
+    max_documents: int | None = None,
+    **load_kwargs,
+) -> Iterator[str]:
+    """Stream the ``text_column`` of a ``datasets`` dataset, at most ``max_documents`` records.
+
+    The dataset is opened with ``streaming=True``, so nothing is downloaded up front and a
+    ``max_documents`` cap reads only that many records. ``load_kwargs`` go to
+    ``datasets.load_dataset`` (e.g. ``data_files=`` for the local ``"json"`` builder).
+    """
+    from datasets import load_dataset  # imported here: reading local files does not need `datasets`
+
+    _check_max_documents(max_documents)
+    dataset = load_dataset(dataset_name, split=split, streaming=True, **load_kwargs)
+    for index, record in enumerate(islice(dataset, max_documents)):
+        yield _text_field(record, text_column, f"dataset {dataset_name!r} ({split}) record {index}")
+
+
+def iter_corpus(
+    sources: str | os.PathLike | Iterable[str | os.PathLike],
+    text_column: str = "text",
+    max_documents: int | None = None,
+) -> Iterator[str]:
+    """Yield texts from one file or several files in turn, ``max_documents`` in total."""
+    _check_max_documents(max_documents)
+    paths = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if not paths:
+        raise ValueError("no corpus files given")
+    texts = (text for path in paths for text in iter_texts(path, text_column=text_column))
+    yield from islice(texts, max_documents)

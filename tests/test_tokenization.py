@@ -1,0 +1,278 @@
+"""Tests of the Spanish SentencePiece-BPE tokenizer (tokenization_spanish_moe_bert.py, train_tokenizer.py).
+
+One small tokenizer (2,000 tokens) is trained once per session on the bundled demo corpus; the
+fast/slow equivalence test also reads real held-out-style paragraphs from ../shared/data.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import train_tokenizer
+from spanish_moe_bert.corpus import iter_texts
+from tokenization_spanish_moe_bert import (
+    BYTE_TOKENS,
+    SPACE,
+    SpanishSPMTokenizer,
+    SpanishSPMTokenizerSlow,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "es_corpus_sample.txt"
+SHARED_CORPUS = REPO.parent / "shared" / "data" / "es_corpus.jsonl.gz"
+VOCAB_SIZE = 2000
+
+# Edge cases the shared corpus (software manuals, a Bible) has few or none of: emoji, URLs, numbers.
+EDGE_TEXTS = [
+    "¿Dónde está la estación? ¡Por allí, señora Muñoz! 🚉😀",
+    "Visita https://es.wikipedia.org/wiki/Año_Nuevo?uso=1&lang=es#Historia para más información.",
+    "El 1.º de enero de 2024 costaba 1.234.567,89 € (un 12,5 % más) — ¡qué caro! 👍🏽",
+    "Pingüino, cigüeña, ÑANDÚ, árbol, corazón, él, acción.",
+    "Correo: josé.pérez@ejemplo.es · Teléfono +34 912 345 678",
+    "Combinado: cafe\u0301 y cafÉ\u0301; bandera 🇪🇸 y familia 👨‍👩‍👧.",
+    "  dos espacios al inicio y    varios en medio  ",
+    "Tabulador\tsalto\nde línea\r\nfinal",
+    "0000000 aaaaaaa ñññññ 1111",
+    "中文 русский ελληνικά العربية עברית",
+]
+
+
+def expected_round_trip(text: str) -> str:
+    """What decode(encode(text)) returns, as documented in tokenization_spanish_moe_bert."""
+    text = unicodedata.normalize("NFC", text).replace(SPACE, " ")
+    return text[1:] if text.startswith(" ") else text
+
+
+@pytest.fixture(scope="session")
+def saved_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    SpanishSPMTokenizer.train_new(SAMPLE, vocab_size=VOCAB_SIZE).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer(saved_dir):
+    return SpanishSPMTokenizer.from_pretrained(saved_dir)
+
+
+@pytest.fixture(scope="session")
+def slow_tokenizer(saved_dir):
+    return SpanishSPMTokenizerSlow.from_pretrained(saved_dir)
+
+
+@pytest.fixture(scope="session")
+def real_paragraphs():
+    """About 6,800 real paragraphs: every one with ¿, ¡ or a URL, every 10th of the rest, the edge cases."""
+    paragraphs = [p for doc in iter_texts(SHARED_CORPUS) for p in doc.split("\n") if p]
+    special = [p for p in paragraphs if any(mark in p for mark in ("¿", "¡", "http"))]
+    return special + paragraphs[::10] + EDGE_TEXTS
+
+
+def test_vocabulary_layout(tokenizer):
+    vocab = tokenizer.get_vocab()
+    assert len(tokenizer) == VOCAB_SIZE
+    assert [tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id] == [0, 1, 2]
+    assert [tokenizer.sep_token_id, tokenizer.mask_token_id] == [3, 4]
+    assert [vocab[token] for token in BYTE_TOKENS] == list(range(5, 261))
+    assert tokenizer.model_max_length == 512
+    assert tokenizer.is_fast
+
+
+def test_single_and_pair_get_bert_special_tokens(tokenizer):
+    single = tokenizer("¿Qué tal?")
+    assert single["input_ids"][0] == tokenizer.cls_token_id and single["input_ids"][-1] == tokenizer.sep_token_id
+    assert set(single["token_type_ids"]) == {0}
+
+    first, second = tokenizer.encode("Hola.", add_special_tokens=False), tokenizer.encode("Adiós.", add_special_tokens=False)
+    pair = tokenizer("Hola.", "Adiós.")
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    assert pair["input_ids"] == [cls, *first, sep, *second, sep]
+    assert pair["token_type_ids"] == [0] * (len(first) + 2) + [1] * (len(second) + 1)
+
+
+def test_spanish_words_keep_case_and_accents(tokenizer):
+    tokens = tokenizer.tokenize("Él dijo: ¿Señor?")
+    assert tokenizer.convert_tokens_to_string(tokens) == "Él dijo: ¿Señor?"
+    assert "".join(tokens) == f"{SPACE}Él{SPACE}dijo:{SPACE}¿Señor?"  # no lowercasing, no accent stripping
+    assert tokenizer.tokenize("año") != tokenizer.tokenize("ano")
+
+
+def test_mask_token_absorbs_the_space_before_it(tokenizer):
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("El [MASK] es bueno.")["input_ids"])
+    assert tokens[:4] == ["[CLS]", f"{SPACE}El", "[MASK]", f"{SPACE}es"]
+
+
+def test_round_trip_on_real_spanish(tokenizer, real_paragraphs):
+    encodings = tokenizer(real_paragraphs)["input_ids"]
+    decoded = tokenizer.batch_decode(encodings, skip_special_tokens=True)
+    assert decoded == [expected_round_trip(text) for text in real_paragraphs]
+    # Spanish prose without a leading space comes back byte for byte.
+    assert decoded[: -len(EDGE_TEXTS)] == real_paragraphs[: -len(EDGE_TEXTS)]
+
+
+# Assigned code points only: Python's unicodedata (Unicode 14) and the Rust NFC may disagree on
+# characters that later Unicode versions assigned. Lone surrogates are tested separately.
+unicode_text = st.text(st.characters(exclude_categories=("Cs", "Cn")), max_size=200)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=unicode_text)
+def test_round_trip_property_random_unicode(tokenizer, text):
+    assume(not any(token in text for token in tokenizer.all_special_tokens))  # exception (c) of the docs
+    ids = tokenizer.encode(text)
+    assert tokenizer.unk_token_id not in ids  # byte fallback: no [UNK] for any input
+    assert tokenizer.decode(ids, skip_special_tokens=True) == expected_round_trip(text)
+
+
+def test_fast_and_slow_give_identical_ids(tokenizer, slow_tokenizer, real_paragraphs):
+    assert len(real_paragraphs) > 5000
+    for mark in ("¿", "¡", "ñ", "é", "http", "😀"):
+        assert any(mark in text for text in real_paragraphs), mark
+    fast_ids = tokenizer(real_paragraphs)["input_ids"]
+    slow_ids = slow_tokenizer(real_paragraphs)["input_ids"]
+    mismatches = [text for text, a, b in zip(real_paragraphs, fast_ids, slow_ids) if a != b]
+    assert mismatches == []
+    assert slow_tokenizer.batch_decode(slow_ids, skip_special_tokens=True) == tokenizer.batch_decode(
+        fast_ids, skip_special_tokens=True
+    )
+
+
+@pytest.mark.parametrize("text", ["", "   ", "[CLS]Hola", "El [MASK] es", f"{SPACE}Hola", " Hola"])
+def test_fast_and_slow_agree_on_edge_cases(tokenizer, slow_tokenizer, text):
+    assert tokenizer(text, "y otra")["input_ids"] == slow_tokenizer(text, "y otra")["input_ids"]
+
+
+def test_encode_keeps_hugging_face_semantics(tokenizer):
+    text = "¿Cómo estás?"
+    ids = tokenizer.encode(text)
+    assert isinstance(ids, list) and ids == tokenizer(text)["input_ids"]
+    tensor = tokenizer.encode(text, return_tensors="pt")
+    assert isinstance(tensor, torch.Tensor) and tensor.tolist() == [ids]
+    # The seed's `encode(text, return_tensors="pt")` dict is what calling the tokenizer returns.
+    batch = tokenizer(text, return_tensors="pt")
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert batch["input_ids"].tolist() == [ids] and batch["attention_mask"].tolist() == [[1] * len(ids)]
+
+
+def test_padding_and_truncation(tokenizer):
+    batch = tokenizer(["Hola.", "Una frase bastante más larga que la otra."], padding=True, return_tensors="pt")
+    assert batch["input_ids"].shape[0] == 2 and batch["input_ids"][0, -1] == tokenizer.pad_token_id
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()
+    long = tokenizer("palabra " * 2000, truncation=True)["input_ids"]
+    assert len(long) == 512 and long[-1] == tokenizer.sep_token_id
+
+
+def test_empty_and_whitespace_only_input(tokenizer):
+    assert tokenizer("")["input_ids"] == [tokenizer.cls_token_id, tokenizer.sep_token_id]
+    ids = tokenizer.encode("   ", add_special_tokens=False)
+    assert tokenizer.convert_ids_to_tokens(ids) == [SPACE] * 3
+    assert tokenizer.decode(ids) == "  "  # the first space is the word-start marker
+
+
+def test_one_megabyte_string(tokenizer):
+    text = ("¿Qué es la vida? Un frenesí. ¡Sueño de Segismundo! " * 20000)[: 1 << 20]
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > 100_000
+    assert tokenizer.decode(ids) == text
+
+
+def test_lone_surrogate_is_a_clear_error(tokenizer, slow_tokenizer):
+    for tok in (tokenizer, slow_tokenizer):
+        with pytest.raises(ValueError, match="lone surrogate U\\+D800 at index 4"):
+            tok("Hola\ud800")
+    with pytest.raises(ValueError, match="lone surrogate"):
+        tokenizer(["bien", "mal\udfff"])
+
+
+@pytest.mark.parametrize("bad", [123, b"bytes", [1, 2], None])
+def test_non_string_input_is_rejected(tokenizer, bad):
+    with pytest.raises((ValueError, TypeError)):
+        tokenizer(bad)
+
+
+def test_saved_folder_has_what_a_hub_repo_needs(saved_dir):
+    names = set(os.listdir(saved_dir))
+    assert {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "tokenization_spanish_moe_bert.py"} <= names
+    config = json.loads((saved_dir / "tokenizer_config.json").read_text())
+    assert config["auto_map"]["AutoTokenizer"][0] == "tokenization_spanish_moe_bert.SpanishSPMTokenizer"
+    assert config["model_max_length"] == 512 and config["mask_token"] == "[MASK]"
+
+
+def test_auto_tokenizer_in_fresh_process_without_the_project(saved_dir, tokenizer, tmp_path):
+    text = "¿Qué tal? ¡Muy bien, señor Muñoz! 😀"
+    script = f"""
+import json, sys
+for name in ("tokenization_spanish_moe_bert", "spanish_moe_bert"):
+    sys.modules[name] = None  # make the project unimportable: only the checkpoint's copy may be used
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(saved_dir)!r}, trust_remote_code=True)
+print(json.dumps([type(tok).__name__, type(tok).__module__, tok.is_fast, tok({text!r})["input_ids"]]))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    name, module, is_fast, ids = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (name, is_fast) == ("SpanishSPMTokenizer", True)
+    assert module.startswith("transformers_modules.")
+    assert ids == tokenizer(text)["input_ids"]
+
+
+def test_missing_or_corrupt_tokenizer_files_are_named(saved_dir, tmp_path):
+    fast_dir, slow_dir = tmp_path / "fast", tmp_path / "slow"
+    for directory in (fast_dir, slow_dir):
+        directory.mkdir()
+        (directory / "tokenizer_config.json").write_text((saved_dir / "tokenizer_config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="tokenizer.json not found"):
+        SpanishSPMTokenizer.from_pretrained(fast_dir)
+    (fast_dir / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    with pytest.raises(ValueError, match=r"fast/tokenizer\.json is not a valid tokenizers file"):
+        SpanishSPMTokenizer.from_pretrained(fast_dir)
+
+    with pytest.raises(ValueError, match="tokenizer.model not found"):
+        SpanishSPMTokenizerSlow.from_pretrained(slow_dir)
+    (slow_dir / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(ValueError, match=r"slow/tokenizer\.model is not a valid SentencePiece model"):
+        SpanishSPMTokenizerSlow.from_pretrained(slow_dir)
+
+
+def test_train_new_from_strings_and_from_jsonl_gz(tmp_path):
+    from_strings = SpanishSPMTokenizer.train_new(iter_texts(SAMPLE), vocab_size=600)
+    assert len(from_strings) == 600
+    from_file = SpanishSPMTokenizer.train_new(SHARED_CORPUS, vocab_size=600, max_documents=200)
+    assert len(from_file) == 600 and from_file.get_vocab() != from_strings.get_vocab()
+
+
+def test_train_new_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="vocab_size must be an integer >= 512"):
+        SpanishSPMTokenizer.train_new(["hola"], vocab_size=100)
+    with pytest.raises(TypeError, match="training text #1 is a int"):
+        SpanishSPMTokenizer.train_new(["hola", 3], vocab_size=600)
+    with pytest.raises(ValueError, match="training text #0: text contains a lone surrogate"):
+        SpanishSPMTokenizer.train_new(["\ud800"], vocab_size=600)
+    with pytest.raises(ValueError, match="corpus is empty"):
+        SpanishSPMTokenizer.train_new([], vocab_size=600)
+
+
+def test_cli_trains_saves_and_refuses_to_overwrite(tmp_path, capsys):
+    output_dir = tmp_path / "tok"
+    args = ["--train_file", str(SAMPLE), "--vocab_size", "800", "--output_dir", str(output_dir)]
+    tokenizer = train_tokenizer.main(args)
+    assert len(tokenizer) == 800 and "800-token tokenizer" in capsys.readouterr().out
+    assert SpanishSPMTokenizer.from_pretrained(output_dir).get_vocab() == tokenizer.get_vocab()
+
+    saved = (output_dir / "tokenizer.json").read_bytes()
+    with pytest.raises(SystemExit, match="already exists"):
+        train_tokenizer.main([*args[:3], "900", *args[4:]])
+    assert (output_dir / "tokenizer.json").read_bytes() == saved
