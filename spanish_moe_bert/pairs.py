@@ -259,7 +259,8 @@ def bm25_tokenize(texts: list[str]):
 
 
 def mine_bm25_negatives(pairs: list[dict], top_k: int = 10, skip_top: int = 0, seed: int = 0) -> list[dict]:
-    """Give every pair a "negative": a passage BM25 ranks high for its anchor, from ANOTHER document.
+    """Give every pair a "negative" (pairs that have one keep it): a passage BM25 ranks high for its
+    anchor, from ANOTHER document.
 
     The pool is every pair's positive. Skipping the passages of the anchor's own document avoids most
     false negatives; ``skip_top`` also skips the very best matches, which are more often unlabelled
@@ -287,6 +288,8 @@ def mine_bm25_negatives(pairs: list[dict], top_k: int = 10, skip_top: int = 0, s
             if pair["doc"] not in pool_docs[pool[i]] and pool[i] not in (pair["positive"], pair["anchor"])
         ][skip_top : skip_top + top_k]
         if not candidates:
-            candidates = [t for t in rng.sample(pool, min(len(pool), 20)) if pair["doc"] not in pool_docs[t]]
-        mined.append({**pair, "negative": rng.choice(candidates) if candidates else pool[0]})
+            candidates = [t for t in pool if pair["doc"] not in pool_docs[t]]
+        if not candidates:
+            raise ValueError(f"no passage of another document to use as a negative for {pair['anchor']!r}")
+        mined.append({"negative": rng.choice(candidates), **pair})
     return mined
