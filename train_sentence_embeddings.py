@@ -1,0 +1,279 @@
+"""Contrastive sentence-embedding stage: an exported MLM checkpoint -> a Sentence Transformers model.
+
+Pairs come from the Spanish corpus without labels (independent cropping, neighbouring paragraphs,
+heading -> body; see spanish_moe_bert/pairs.py), optionally plus a labelled JSONL file, each with a
+BM25-mined hard negative. Training uses SentenceTransformerTrainer with (Cached)MultipleNegativesRankingLoss;
+the MoE router losses (load balancing + z-loss) are added to it so the experts stay balanced. The
+dev-set documents (data/retrieval_dev) are excluded from the pairs, and the model is evaluated on them
+before and after training, next to BM25 and all-MiniLM-L6-v2.
+
+    python train_sentence_embeddings.py --model_name_or_path outputs/mini --output_dir outputs/mini-embed \
+        --train_files ../shared/data/es_corpus.jsonl.gz --max_steps 300
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: E402
+from sentence_transformers.sentence_transformer import losses  # noqa: E402
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from spanish_moe_bert.corpus import iter_corpus  # noqa: E402
+from spanish_moe_bert.pairs import (  # noqa: E402
+    HeldOutParagraphs,
+    PairConfig,
+    build_pairs,
+    mine_bm25_negatives,
+    read_labelled_pairs,
+)
+from spanish_moe_bert.retrieval_eval import (  # noqa: E402
+    DEV_DIR,
+    BM25System,
+    EmbeddingSystem,
+    compare,
+    evaluate_system,
+    load_retrieval,
+    load_sentence_transformer,
+    markdown_table,
+    minilm_path,
+)
+
+logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent
+
+
+@dataclass
+class EmbeddingArguments:
+    model_name_or_path: str = field(metadata={"help": "Exported MLM checkpoint folder (run_mlm.py's output_dir)."})
+    train_files: list[str] = field(
+        default_factory=lambda: [str(REPO / "data" / "es_corpus_sample.txt")],
+        metadata={"help": "Corpus files (.txt one paragraph per line, .jsonl/.jsonl.gz documents with 'text')."},
+    )
+    max_documents: int | None = field(default=None, metadata={"help": "Read at most this many documents."})
+    pair_kinds: list[str] = field(
+        default_factory=lambda: ["crop", "neighbours", "heading"],
+        metadata={"help": "Unsupervised pair builders: crop, neighbours, heading."},
+    )
+    labelled_pairs: str | None = field(default=None, metadata={"help": 'Extra JSONL {"anchor","positive"[,"negative"]}.'})
+    max_pairs: int | None = field(default=None, metadata={"help": "Train on at most this many pairs."})
+    hard_negatives: bool = field(default=True, metadata={"help": "Mine one BM25 hard negative per pair."})
+    pooling: str = field(default="mean", metadata={"help": "cls, mean, or auto (the better on the dev set before training)."})
+    max_seq_length: int = field(default=128)
+    loss: str = field(default="cached_mnrl", metadata={"help": "cached_mnrl (GradCache, large batches) or mnrl."})
+    mini_batch_size: int = field(default=16, metadata={"help": "GradCache mini-batch: bounds memory, not the batch."})
+    scale: float = field(default=20.0, metadata={"help": "Inverse temperature of the in-batch softmax."})
+    router_loss_weight: float = field(
+        default=1.0, metadata={"help": "Multiplies the config's router_aux_loss_coef / router_z_loss_coef; 0 turns them off."}
+    )
+    matryoshka_dims: list[int] | None = field(default=None, metadata={"help": "e.g. 256 128 64: MatryoshkaLoss."})
+    query_prompt: str | None = field(default=None, metadata={"help": "Prompt 'query' in config_sentence_transformers.json."})
+    passage_prompt: str | None = field(default=None, metadata={"help": "Prompt 'document'."})
+    dev_dir: str = field(default=str(DEV_DIR), metadata={"help": "Dev set: queries.jsonl, corpus.jsonl, heldout_paragraphs.txt."})
+    eval_baselines: bool = field(default=True, metadata={"help": "Also evaluate BM25 and all-MiniLM-L6-v2."})
+
+    def __post_init__(self):
+        choices = {"pooling": ("cls", "mean", "auto"), "loss": ("cached_mnrl", "mnrl")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not Path(self.model_name_or_path, "config.json").is_file():
+            raise FileNotFoundError(f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def load_pairs(args: EmbeddingArguments, seed: int) -> Dataset:
+    """The training pairs as a Dataset with columns anchor, positive (and negative)."""
+    held_out = HeldOutParagraphs.from_file(Path(args.dev_dir) / "heldout_paragraphs.txt")
+    documents = iter_corpus(args.train_files, max_documents=args.max_documents)
+    pairs = build_pairs(documents, kinds=args.pair_kinds, held_out=held_out, seed=seed, config=PairConfig())
+    if args.labelled_pairs:
+        pairs = read_labelled_pairs(args.labelled_pairs) + pairs
+    pairs = pairs[: args.max_pairs]
+    if len(pairs) < 2:
+        raise ValueError(f"only {len(pairs)} training pairs from {args.train_files}: documents too short or all held out")
+    if args.hard_negatives:  # labelled pairs that come with a negative keep it
+        pairs = mine_bm25_negatives(pairs, seed=seed)
+    columns = ["anchor", "positive"] + (["negative"] if args.hard_negatives else [])
+    logger.info("%d training pairs (%s)", len(pairs), ", ".join(columns))
+    return Dataset.from_dict({c: [p[c] for p in pairs] for c in columns})
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def build_model(args: EmbeddingArguments, pooling: str) -> SentenceTransformer:
+    """Our encoder (remote code) + a CLS or mean Pooling, with optional query/document prompts."""
+    remote = {"trust_remote_code": True}
+    transformer = Transformer(
+        args.model_name_or_path,
+        model_kwargs=remote,
+        processor_kwargs=remote,
+        config_kwargs=remote,
+        max_seq_length=args.max_seq_length,
+    )
+    prompts = {name: p for name, p in (("query", args.query_prompt), ("document", args.passage_prompt)) if p}
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)],
+        prompts=prompts or None,
+        similarity_fn_name="cosine",
+        device="cpu",
+    )
+    return model
+
+
+def choose_pooling(args: EmbeddingArguments, dev) -> tuple[SentenceTransformer, str, dict[str, dict]]:
+    """The untrained model with --pooling, or with auto the pooling of higher dev nDCG@10, and the scores."""
+    candidates = ("cls", "mean") if args.pooling == "auto" else (args.pooling,)
+    models = {p: build_model(args, p) for p in candidates}
+    scores = {p: evaluate_system(EmbeddingSystem(m, p), dev) for p, m in models.items()}
+    best = max(scores, key=lambda p: scores[p]["ndcg@10"])
+    return models[best], best, scores
+
+
+def uses_gradient_cache(loss: nn.Module) -> bool:
+    """Whether a loss (or the loss it wraps, e.g. inside MatryoshkaLoss) embeds with GradCache."""
+    while loss is not None:
+        if getattr(loss, "uses_gradient_cache", False):
+            return True
+        loss = getattr(loss, "loss", None)
+    return False
+
+
+class RouterLossWrapper(nn.Module):
+    """A contrastive loss plus the MoE router losses (load balancing, z-loss) of the encoder's forwards.
+
+    The encoder returns ``aux_loss`` and ``z_loss`` with every forward; a forward hook collects them,
+    each weighted by its share of the batch's sentences (anchors, positives and negatives are separate
+    forwards), so the added term is the batch average times the config's coefficients. The two parts
+    are returned as a dict, which SentenceTransformerTrainer sums and logs separately.
+
+    With a GradCache loss the forwards that carry gradients run inside the backward pass, mini-batch
+    by mini-batch, so there each router loss is back-propagated on the spot, scaled like the
+    contrastive loss (e.g. by gradient accumulation); the no-grad first pass gives the logged value.
+    """
+
+    def __init__(self, loss: nn.Module, model: SentenceTransformer, weight: float = 1.0):
+        super().__init__()
+        self.loss = loss
+        self.model = model
+        encoder = model[0].model
+        self.coefficients = {
+            "aux_loss": weight * encoder.config.router_aux_loss_coef,
+            "z_loss": weight * encoder.config.router_z_loss_coef,
+        }
+        self.cached = uses_gradient_cache(loss)
+        self._terms: list[torch.Tensor] = []
+        self._batch_rows = 1
+        self._grad_scale = torch.tensor(1.0)
+        self._hook = encoder.register_forward_hook(self._on_encoder_forward, with_kwargs=True)
+
+    def remove_hook(self) -> None:
+        """Stop collecting router losses (for a model that outlives this loss)."""
+        self._hook.remove()
+
+    def _on_encoder_forward(self, module, args, kwargs, output):
+        if not module.training:
+            return
+        parts = [c * getattr(output, name) for name, c in self.coefficients.items() if c and getattr(output, name, None) is not None]
+        if not parts:
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        router_loss = sum(parts) * (input_ids.shape[0] / self._batch_rows)
+        if self.cached and torch.is_grad_enabled():  # GradCache replay, inside backward
+            (router_loss * self._grad_scale).backward(retain_graph=True)
+        else:
+            self._terms.append(router_loss)
+
+    def _remember_grad_scale(self, grad: torch.Tensor) -> None:
+        self._grad_scale = grad.detach()
+
+    def forward(self, sentence_features, labels) -> dict[str, torch.Tensor]:
+        sentence_features = list(sentence_features)
+        self._batch_rows = sum(f["input_ids"].shape[0] for f in sentence_features)
+        self._terms = []
+        contrastive = self.loss(sentence_features, labels)
+        router = sum(self._terms, torch.zeros((), device=contrastive.device))
+        if self.cached and contrastive.requires_grad:
+            # A new node whose gradient arrives before GradCache's replay hook on `contrastive` runs.
+            contrastive = contrastive.clone()
+            contrastive.register_hook(self._remember_grad_scale)
+            router = router.detach()
+        return {"contrastive": contrastive, "router": router}
+
+
+def build_loss(args: EmbeddingArguments, model: SentenceTransformer) -> nn.Module:
+    if args.loss == "cached_mnrl":
+        loss = losses.CachedMultipleNegativesRankingLoss(model, scale=args.scale, mini_batch_size=args.mini_batch_size)
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model, scale=args.scale)
+    if args.matryoshka_dims:
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=args.matryoshka_dims)
+    if args.router_loss_weight:
+        loss = RouterLossWrapper(loss, model, args.router_loss_weight)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArguments) -> dict:
+    """Train, save, evaluate; returns {system: metrics} for before/after/BM25/MiniLM."""
+    dev = load_retrieval(Path(args.dev_dir) / "queries.jsonl", Path(args.dev_dir) / "corpus.jsonl")
+    train_dataset = load_pairs(args, training_args.seed)
+    model, pooling, before = choose_pooling(args, dev)
+    logger.info("pooling %s (dev nDCG@10 before training: %s)", pooling, {p: round(m["ndcg@10"], 4) for p, m in before.items()})
+
+    trainer = SentenceTransformerTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, loss=build_loss(args, model)
+    )
+    trainer.train()
+
+    output_dir = Path(training_args.output_dir)
+    # TODO(export): replace with spanish_moe_bert.export.export_model once it lands, so this folder
+    # gets the same card and files as the MLM export. model.save writes modules.json, 1_Pooling, the
+    # remote code, weights and tokenizer.
+    model.save(str(output_dir))
+
+    results = {f"ours before ({pooling} pooling, MLM only)": before[pooling]}
+    systems = [EmbeddingSystem(load_sentence_transformer(output_dir), "ours after (contrastive)")]
+    if args.eval_baselines:
+        systems += [BM25System(), EmbeddingSystem(load_sentence_transformer(minilm_path()), "all-MiniLM-L6-v2")]
+    results.update(compare(systems, dev))
+    (output_dir / "embedding_eval.json").write_text(
+        json.dumps({"pooling": pooling, "pooling_candidates": before, "results": results}, indent=2) + "\n"
+    )
+    print(markdown_table(results, reference="BM25 (bm25s)" if args.eval_baselines else None))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = HfArgumentParser((EmbeddingArguments, SentenceTransformerTrainingArguments))
+    # In-batch negatives must not repeat an anchor's own text; small-CPU-friendly defaults otherwise.
+    parser.set_defaults(
+        batch_sampler="no_duplicates", per_device_train_batch_size=64, learning_rate=5e-5, warmup_steps=0.1,
+        logging_steps=10, save_strategy="no", report_to="none", seed=42,
+    )
+    args, training_args = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+    return run(args, training_args)
+
+
+if __name__ == "__main__":
+    main()
