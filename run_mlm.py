@@ -17,6 +17,7 @@ end, the model and tokenizer are saved to `output_dir` and exported as a Hub-rea
 import json
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -30,6 +31,7 @@ from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
 from spanish_moe_bert.callbacks import (
     DiskBudgetCallback,
     StreamStateCallback,
+    directory_bytes,
     is_complete,
     last_complete_checkpoint,
     read_stream_states,
@@ -215,6 +217,13 @@ def build_model(model_args: ModelArguments, tokenizer) -> SpanishMoEBertForMaske
     return SpanishMoEBertForMaskedLM(config)
 
 
+def saved_bytes(tokenizer) -> int:
+    """What saving the tokenizer writes, for the disk budget's estimates."""
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save_pretrained(directory)
+        return directory_bytes(Path(directory))
+
+
 def resolve_checkpoint(training_args: TrainingArguments) -> Path | None:
     """--resume_from_checkpoint if given, else the newest complete checkpoint in output_dir (if any)."""
     if training_args.resume_from_checkpoint:
@@ -273,7 +282,9 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         logger.info(f"resuming from {checkpoint}")
 
     # Trainer
-    disk_budget = DiskBudgetCallback(training_args.disk_budget_gb, training_args.output_dir, model.num_parameters())
+    disk_budget = DiskBudgetCallback(
+        training_args.disk_budget_gb, training_args.output_dir, model.num_parameters(), saved_bytes(tokenizer)
+    )
     pad_to = 8 if data_args.line_by_line and (training_args.fp16 or training_args.bf16) else None
     trainer = MoEMLMTrainer(
         model=model,

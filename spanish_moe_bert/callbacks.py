@@ -68,6 +68,10 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB else f"{nbytes / 1024**2:.2f} MiB"
+
+
 def _all_ranks(value):
     """`value` from every process (a one-element list outside distributed runs)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -128,11 +132,12 @@ class DiskBudgetCallback(TrainerCallback):
     (fp32 weights + AdamW's two fp32 moments).
     """
 
-    def __init__(self, budget_gb: float, output_dir: str, num_parameters: int, bytes_per_parameter: int = 4):
+    def __init__(self, budget_gb: float, output_dir: str, num_parameters: int, tokenizer_bytes: int = 0):
         self.budget_bytes = int(budget_gb * GIB)
         self.output_dir = Path(output_dir)
-        self.final_model_bytes = num_parameters * bytes_per_parameter + 2 * 1024**2  # + tokenizer, config, code
-        self.first_checkpoint_bytes = num_parameters * (bytes_per_parameter + 8) + 1024**2
+        small_files = 256 * 1024  # config, code files, trainer state, RNG and scheduler states
+        self.final_model_bytes = num_parameters * 4 + tokenizer_bytes + small_files
+        self.first_checkpoint_bytes = num_parameters * (4 + 8) + tokenizer_bytes + small_files
         self.stop_message = None
 
     def used_bytes(self) -> int:
@@ -162,9 +167,9 @@ class DiskBudgetCallback(TrainerCallback):
 
     def _explain(self, nbytes: int, what: str) -> str:
         return (
-            f"disk budget reached: {what} needs {nbytes / GIB:.3f} GiB but {self.output_dir} already uses "
-            f"{self.used_bytes() / GIB:.3f} GiB of the {self.budget_bytes / GIB:.3f} GiB budget (--disk_budget_gb), "
-            f"free on device {self.free_bytes() / GIB:.1f} GiB, and no older checkpoint is "
+            f"disk budget reached: {what} needs {_size(nbytes)} but {self.output_dir} already uses "
+            f"{_size(self.used_bytes())} of the {_size(self.budget_bytes)} budget (--disk_budget_gb), "
+            f"free on device {_size(self.free_bytes())}, and no older checkpoint is "
             f"left to remove. Training stopped cleanly; the newest complete checkpoint is "
             f"{last_complete_checkpoint(self.output_dir)}. Raise --disk_budget_gb or free space, then rerun to resume."
         )

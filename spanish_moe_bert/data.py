@@ -86,7 +86,7 @@ def pack_documents(batch: dict, tokenizer: PreTrainedTokenizerBase, max_seq_leng
     """Concatenate a batch of documents, [SEP]-separated, and cut it into `[CLS] ... [SEP]` blocks of
     exactly `max_seq_length` tokens (no padding). The tail that does not fill a block is dropped: at most one
     block per map batch."""
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]  # long documents are fine here
     stream = [token for document in ids for token in (*document, tokenizer.sep_token_id)]
     body = max_seq_length - 2
     blocks = [

@@ -68,6 +68,9 @@ class MoEMLMTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # The model's loss is a per-batch mean (MLM over the batch's masked tokens + router losses), not a sum to
+        # be normalized over the whole accumulated batch: the Trainer must divide it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
         self.router_metrics = RouterMetrics()
 
     def get_train_dataloader(self) -> DataLoader:

@@ -1,0 +1,271 @@
+"""End-to-end tests of run_mlm.py on the bundled corpus with the tiny model: outputs, metrics, faults (SIGKILL and
+resume, NaN, bad data, disk budget) and a 2-process run."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, TrainerCallback
+
+import run_mlm
+from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes, is_complete, list_checkpoints, read_stream_states
+from spanish_moe_bert.corpus import CorpusError
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "es_corpus_sample.txt"
+TINY = REPO / "configs" / "tiny.json"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from spanish_moe_bert.corpus import iter_texts
+    from tokenization_spanish_moe_bert import SpanishSPMTokenizer
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    SpanishSPMTokenizer.train_new(iter_texts(SAMPLE, max_documents=3000), vocab_size=512).save_pretrained(directory)
+    return directory
+
+
+def run_args(output_dir, tokenizer_dir, **overrides) -> list[str]:
+    options = {
+        "model_config": TINY,
+        "tokenizer_name": tokenizer_dir,
+        "train_file": SAMPLE,
+        "max_seq_length": 32,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "warmup_steps": 2,
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": "true",
+        "seed": 0,
+        "validation_split_percentage": 2,
+        "max_eval_samples": 16,
+        "output_dir": output_dir,
+        **overrides,
+    }
+    return [item for key, value in options.items() for item in (f"--{key}", str(value))]
+
+
+def losses_by_step(output_dir) -> dict[int, float]:
+    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def test_help_documents_every_option():
+    result = subprocess.run([sys.executable, "run_mlm.py", "--help"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0
+    for option in ("--model_config", "--config_overrides", "--tokenizer_name", "--dataset_name", "--text_column",
+                   "--train_file", "--validation_file", "--line_by_line", "--mlm_probability", "--disk_budget_gb",
+                   "--gradient_accumulation_steps", "--save_total_limit", "--fp16", "--bf16"):  # fmt: skip
+        assert option in result.stdout
+
+
+def test_json_run_file_with_flag_overrides(tmp_path):
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({"model_config": str(TINY), "max_steps": 100, "train_file": [str(SAMPLE)]}))
+    model_args, data_args, training_args = run_mlm.parse_args([str(run_file), "--max_steps", "7"])
+    assert training_args.max_steps == 7 and data_args.train_file == [str(SAMPLE)]
+    assert model_args.model_config == str(TINY) and training_args.disk_budget_gb == 300
+    run_file.write_text(json.dumps({"model_config": str(TINY), "max_stesp": 100}))
+    with pytest.raises(ValueError, match="max_stesp"):
+        run_mlm.parse_args([str(run_file)])
+
+
+def test_shipped_run_files_parse():
+    for name in ("train_cpu_demo.json", "train_large_p40.json"):
+        model_args, data_args, training_args = run_mlm.parse_args([str(REPO / "configs" / name)])
+        assert training_args.max_steps > 0 and training_args.save_steps > 0
+    assert data_args.dataset_name == "erickfmm/red_pajama_es_hq_35" and data_args.max_seq_length == 512
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_fp16_without_cuda_falls_back_to_bf16(tmp_path):
+    *_, training_args = run_mlm.parse_args(["--model_config", str(TINY), "--fp16", "--output_dir", str(tmp_path)])
+    assert not training_args.fp16 and training_args.bf16 and training_args.use_cpu
+
+
+def test_train_evaluate_save(tmp_path, tokenizer_dir):
+    output_dir = tmp_path / "run"
+    metrics = run_mlm.main(
+        run_args(output_dir, tokenizer_dir, max_steps=6, save_steps=3, eval_strategy="steps", eval_steps=3,
+                 report_to="tensorboard", do_eval="true", gradient_accumulation_steps=2)  # fmt: skip
+    )
+    for key in ("eval_loss", "eval_mlm_loss", "eval_accuracy", "eval_perplexity", "train_loss"):
+        assert math.isfinite(metrics[key])
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_mlm_loss"]), rel=1e-6)
+    assert [c.name for c in list_checkpoints(output_dir)] == ["checkpoint-3", "checkpoint-6"]
+    assert all(is_complete(c) for c in list_checkpoints(output_dir))
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    train_logs = [h for h in history if "loss" in h]
+    assert len(train_logs) == 6
+    for key in ("router/aux_loss", "router/z_loss", "router/layer_0/load_entropy", "router/layer_0/max_load"):
+        assert key in train_logs[-1]
+    assert any(key.startswith("dyt/") for key in train_logs[-1])
+    assert list(output_dir.glob("runs/*/events.out.tfevents.*"))
+    # The final model and tokenizer are in output_dir itself and load back.
+    model = SpanishMoEBertForMaskedLM.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
+    assert model.config.vocab_size == len(tokenizer) == 512
+    assert metrics["train_loss"] < math.log(512) + 1
+
+
+def test_trains_its_own_tokenizer_when_none_is_given(tmp_path):
+    output_dir = tmp_path / "run"
+    args = run_args(output_dir, None, max_steps=2, tokenizer_vocab_size=600, tokenizer_training_documents=1000)
+    del args[args.index("--tokenizer_name") : args.index("--tokenizer_name") + 2]
+    run_mlm.main(args)
+    assert len(AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)) == 600
+    assert SpanishMoEBertForMaskedLM.from_pretrained(output_dir).config.vocab_size == 600
+
+
+class PoisonWeights(TrainerCallback):
+    """Sets the weights to NaN after `step`, as a diverging run would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer_dir):
+    output_dir = tmp_path / "run"
+    model_args, data_args, training_args = run_mlm.parse_args(run_args(output_dir, tokenizer_dir, max_steps=8, save_steps=2))
+    with pytest.raises(SystemExit, match=r"NaN or inf\) at step 4"):
+        run_mlm.run(model_args, data_args, training_args, extra_callbacks=[PoisonWeights(step=3)])
+    assert [c.name for c in list_checkpoints(output_dir)] == ["checkpoint-2"]
+    assert all(torch.isfinite(t).all() for t in load_file(output_dir / "checkpoint-2" / "model.safetensors").values())
+    assert not (output_dir / "model.safetensors").exists()
+
+
+def test_bad_record_mid_stream_names_file_and_line_and_keeps_checkpoints(tmp_path, tokenizer_dir):
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(SAMPLE.read_text(encoding="utf-8").splitlines()[:40]) + "\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "hola mundo"}\n' * 5 + '{"texto": "sin campo"}\n')
+    output_dir = tmp_path / "run"
+    args = run_args(output_dir, tokenizer_dir, max_steps=200, save_steps=3, validation_split_percentage=0, map_batch_size=10)
+    args[args.index("--train_file") + 1 : args.index("--train_file") + 2] = [str(good), str(bad)]
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:6: missing field 'text'"):
+        run_mlm.main(args)
+    checkpoints = list_checkpoints(output_dir)
+    assert checkpoints and all(is_complete(c) for c in checkpoints)
+    assert not (output_dir / "model.safetensors").exists()
+
+
+class DiskSpy(TrainerCallback):
+    """Measures output_dir after every step and save."""
+
+    def __init__(self, output_dir):
+        self.output_dir, self.sizes, self.saved = output_dir, [], 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.sizes.append(directory_bytes(self.output_dir))
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved += 1
+        self.sizes.append(directory_bytes(self.output_dir))
+
+
+def test_disk_budget_removes_old_checkpoints_and_never_crosses(tmp_path, tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=True)
+    model = run_mlm.build_model(run_mlm.parse_args(run_args(tmp_path, tokenizer_dir))[0], tokenizer)
+    estimate = DiskBudgetCallback(1, tmp_path, model.num_parameters(), run_mlm.saved_bytes(tokenizer))
+    # Room for two checkpoints and the final model, not three: each save must remove the oldest checkpoint.
+    budget_gb = (2.5 * estimate.first_checkpoint_bytes + estimate.final_model_bytes) / 1024**3
+    output_dir = tmp_path / "run"
+    model_args, data_args, training_args = run_mlm.parse_args(
+        run_args(output_dir, tokenizer_dir, max_steps=6, save_steps=1, disk_budget_gb=budget_gb)
+    )
+    spy = DiskSpy(output_dir)
+    run_mlm.run(model_args, data_args, training_args, extra_callbacks=[spy])
+    budget = budget_gb * 1024**3
+    assert spy.saved == 6 and max(spy.sizes) <= budget and directory_bytes(output_dir) <= budget
+    remaining = [c.name for c in list_checkpoints(output_dir)]
+    # Older ones were removed to stay within budget; the newest ones are kept.
+    assert 1 < len(remaining) <= 3 and remaining == [f"checkpoint-{s}" for s in range(7 - len(remaining), 7)]
+    assert (output_dir / "model.safetensors").exists()
+
+    # A budget below one checkpoint: training stops cleanly at the first save, within the budget.
+    tiny_budget_gb = 0.5 * estimate.first_checkpoint_bytes / 1024**3
+    output_dir = tmp_path / "small"
+    with pytest.raises(SystemExit, match="disk budget reached"):
+        run_mlm.main(run_args(output_dir, tokenizer_dir, max_steps=6, save_steps=2, disk_budget_gb=tiny_budget_gb))
+    assert not list_checkpoints(output_dir) and directory_bytes(output_dir) <= tiny_budget_gb * 1024**3
+    assert not (output_dir / "model.safetensors").exists()
+
+
+SLOW_RUN = """
+import sys, time
+import run_mlm
+from transformers import TrainerCallback
+
+class Slow(TrainerCallback):  # gives the test time to kill mid-run; does not change any number
+    def on_step_end(self, *args, **kwargs):
+        time.sleep(0.25)
+
+run_mlm.run(*run_mlm.parse_args(sys.argv[1:]), extra_callbacks=[Slow()])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tokenizer_dir):
+    steps = dict(max_steps=12, save_steps=3)
+    reference = tmp_path / "reference"
+    run_mlm.main(run_args(reference, tokenizer_dir, **steps))
+
+    killed = tmp_path / "killed"
+    script = tmp_path / "slow_run.py"
+    script.write_text(SLOW_RUN)
+    process = subprocess.Popen([sys.executable, script, *run_args(killed, tokenizer_dir, **steps)], cwd=REPO, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not is_complete(killed / "checkpoint-6") and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert is_complete(killed / "checkpoint-6") and not is_complete(killed / "checkpoint-12")
+    # A checkpoint cut off while being written is never resumed from.
+    (killed / "checkpoint-999").mkdir()
+    (killed / "checkpoint-999" / "model.safetensors").write_bytes(b"truncated")
+
+    run_mlm.main(run_args(killed, tokenizer_dir, **steps))
+    assert not (killed / "checkpoint-999").exists()
+    expected, resumed = losses_by_step(reference), losses_by_step(killed)
+    assert sorted(resumed) == sorted(expected) == list(range(1, 13))
+    for step in expected:
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-4), f"step {step}"
+    # The stream ended at the same place: no block read twice or skipped.
+    assert read_stream_states(killed / "checkpoint-12") == read_stream_states(reference / "checkpoint-12")
+
+
+@pytest.mark.slow
+def test_two_processes_read_their_own_shards_and_resume(tmp_path, tokenizer_dir):
+    output_dir = tmp_path / "ddp"
+
+    def torchrun(max_steps):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                   "run_mlm.py", *run_args(output_dir, tokenizer_dir, max_steps=max_steps, save_steps=2)]  # fmt: skip
+        result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    torchrun(4)
+    states = read_stream_states(output_dir / "checkpoint-4")
+    assert len(states) == 2  # each rank's position in its own shard
+    torchrun(6)  # resumes from checkpoint-4 with both ranks' positions
+    assert sorted(losses_by_step(output_dir)) == list(range(1, 7))
+    assert SpanishMoEBertForMaskedLM.from_pretrained(output_dir).config.vocab_size == 512
