@@ -171,7 +171,7 @@ class EmbeddingSystem:
 
     def _encode(self, texts: list[str], role: str) -> np.ndarray:
         encode = self.model.encode_query if role == "query" else self.model.encode_document
-        return encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        return encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
 
     def rank(self, queries: list[str], passages: list[str], k: int = K) -> list[list[int]]:
         scores = self._encode(queries, "query") @ self._encode(passages, "document").T
