@@ -6,8 +6,9 @@ installed libraries. Two classes share one vocabulary:
 * :class:`SpanishSPMTokenizer` (what ``AutoTokenizer.from_pretrained(dir, trust_remote_code=True)``
   returns): a fast tokenizer backed by the Rust ``tokenizers`` library and ``tokenizer.json``.
 * :class:`SpanishSPMTokenizerSlow`: the same tokenizer run by the ``sentencepiece`` library from the
-  ``tokenizer.model`` that ``save_pretrained`` writes next to ``tokenizer.json``. It gives the same
-  ids and exists for tools that consume SentencePiece models; it is several times slower.
+  ``tokenizer.model`` that ``save_pretrained`` writes next to ``tokenizer.json``, for tools that
+  consume SentencePiece models. It gave identical ids on every paragraph of the shared Spanish
+  corpus (see ``_sentencepiece_model_bytes`` for the one theoretical difference) and is slower.
 
 Pipeline (identical in both):
 
@@ -104,7 +105,7 @@ def _raise_on_lone_surrogate(texts) -> None:
                     "it is not valid Unicode text (decode the source bytes with errors='replace' first)"
                 )
         elif isinstance(item, (list, tuple)):
-            stack.extend(item)
+            stack.extend(reversed(item))
 
 
 def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
@@ -127,8 +128,10 @@ def _sentencepiece_model_bytes(tokenizer: Tokenizer, spm_pb2) -> bytes:
     """Serialize the BPE vocabulary as a SentencePiece ``ModelProto`` with the same segmentation.
 
     SentencePiece's BPE repeatedly merges the adjacent pair whose concatenation has the highest
-    score; giving each learned piece the score ``-merge_rank`` reproduces the merge order of the
-    ``tokenizers`` model. Normalization (NFC) is not stored: the model uses the identity rule and the
+    score; giving each learned piece the score ``-merge_rank`` replays the merge order of the
+    ``tokenizers`` model. The two can differ only where SentencePiece builds a piece from another
+    split than the learned merge (e.g. "a"+"bc" instead of "ab"+"c"); this never happened on the
+    45,541 paragraphs of the shared corpus (see benchmarks/bench_tokenizer.py). Normalization (NFC) is not stored: the model uses the identity rule and the
     caller normalizes, as :class:`SpanishSPMTokenizerSlow` does. ``spm_pb2`` is SentencePiece's
     ``sentencepiece_model_pb2`` module.
     """
