@@ -133,15 +133,14 @@ class PretrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
 
     def __post_init__(self):
-        # fp16 needs CUDA. On a CPU machine, asking for it falls back to bf16 (CPU autocast) with a warning,
-        # so a GPU run file still works on a laptop; bf16 on CPU also needs `use_cpu`.
+        # Without CUDA: fp16 falls back to bf16 (CPU autocast) with a warning, so a GPU run file still works on a
+        # laptop. `use_cpu` is what makes accelerate set up a gloo process group under torchrun on CPUs.
         if not torch.cuda.is_available():
             if self.fp16:
                 logging.getLogger("run_mlm").warning("--fp16 needs a CUDA GPU and none is visible: using bf16 on CPU")
                 self.fp16, self.bf16 = False, True
-            if self.bf16:
-                self.use_cpu = True
-            self.dataloader_pin_memory = False  # nothing to pin for
+            self.use_cpu = True
+            self.dataloader_pin_memory = False
         super().__post_init__()
 
 
@@ -245,6 +244,8 @@ def resolve_checkpoint(training_args: TrainingArguments) -> Path | None:
 def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     """Train, save and export; returns the final metrics."""
     set_seed(training_args.seed)
+    # Reading `device` sets up the process group of torchrun / accelerate launch; only then are rank and size known.
+    logger.info(f"process {training_args.process_index} on {training_args.device}")
     rank, world_size = training_args.process_index, training_args.world_size
 
     # Data: documents -> (held-out split) -> this rank's shard -> tokens -> blocks, all lazily streamed.

@@ -128,7 +128,9 @@ def tokenize_stream(
 
 
 def shard_for_rank(documents: IterableDataset, rank: int, world_size: int) -> IterableDataset:
-    """Each process reads its own documents: whole shards (files) when they divide evenly, else every n-th one."""
+    """Each process gets its own part of the stream: whole shards (files of the Hub dataset or local files) when
+    their number is a multiple of `world_size`, else every n-th example (`datasets` then applies the split to the
+    finished blocks, so every process reads and tokenizes the whole stream and keeps its share)."""
     return split_dataset_by_node(documents, rank=rank, world_size=world_size) if world_size > 1 else documents
 
 

@@ -257,15 +257,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tokenizer_di
 def test_two_processes_read_their_own_shards_and_resume(tmp_path, tokenizer_dir):
     output_dir = tmp_path / "ddp"
 
-    def torchrun(max_steps):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-                   "run_mlm.py", *run_args(output_dir, tokenizer_dir, max_steps=max_steps, save_steps=2)]  # fmt: skip
+    def launch(launcher, max_steps):
+        command = [*launcher, "run_mlm.py", *run_args(output_dir, tokenizer_dir, max_steps=max_steps, save_steps=2, map_batch_size=10)]
         result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
 
-    torchrun(4)
+    launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"], 4)
     states = read_stream_states(output_dir / "checkpoint-4")
-    assert len(states) == 2  # each rank's position in its own shard
-    torchrun(6)  # resumes from checkpoint-4 with both ranks' positions
+    # One position per rank, each in a stream split by `split_dataset_by_node` (one file: every other block).
+    assert [state["examples_iterable"]["type"] for state in states] == ["StepExamplesIterable"] * 2
+    # Resume with the other launcher, from both ranks' positions.
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "29532"]
+    launch([*accelerate, "--config_file", str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml")], 6)
     assert sorted(losses_by_step(output_dir)) == list(range(1, 7))
+    assert len(read_stream_states(output_dir / "checkpoint-6")) == 2
     assert SpanishMoEBertForMaskedLM.from_pretrained(output_dir).config.vocab_size == 512

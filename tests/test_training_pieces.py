@@ -95,12 +95,21 @@ def test_stream_resumes_exactly_where_it_was_saved_across_epochs(tokenizer, tmp_
         assert head + tail == uninterrupted, f"resuming after {stop} examples"
 
 
-def test_ranks_read_disjoint_shards_covering_everything(tmp_path):
+def test_ranks_read_disjoint_shards_covering_everything(tokenizer, tmp_path):
     documents = local_documents([documents_file(tmp_path, n=101)])
     rank0 = [d["text"] for d in shard_for_rank(documents, 0, 2)]
     rank1 = [d["text"] for d in shard_for_rank(documents, 1, 2)]
     assert not set(rank0) & set(rank1)
     assert sorted(rank0 + rank1) == sorted(d["text"] for d in documents)
+    # Through the whole pipeline, as run_mlm builds it: the ranks' blocks interleave to the single-process stream.
+    blocks = [[b["input_ids"] for b in tokenize_stream(shard_for_rank(documents, r, 2), tokenizer, 16)] for r in (0, 1)]
+    alone = [b["input_ids"] for b in tokenize_stream(documents, tokenizer, 16)]
+    assert blocks[0] == alone[0::2] and blocks[1] == alone[1::2]
+    # With as many files as ranks, each rank reads only its own file.
+    second = tmp_path / "second.txt"
+    second.write_text("otro documento distinto\n" * 10)
+    two_files = local_documents([documents_file(tmp_path, n=10), second])
+    assert {d["text"] for d in shard_for_rank(two_files, 1, 2)} == {"otro documento distinto"}
 
 
 @pytest.mark.parametrize(
