@@ -26,8 +26,8 @@ Round trip: ``decode(encode(x), skip_special_tokens=True) == unicodedata.normali
 for every string ``x`` except that (a) one leading space of ``x`` is dropped (the space that marks the
 first word, as in every SentencePiece tokenizer with a dummy prefix), (b) a literal "▁" (U+2581)
 in ``x`` decodes as a space and (c) the literal text of a special token ("[CLS]", "[MASK]", ...) is
-encoded as that special token, so ``skip_special_tokens=True`` removes it. Strings with lone surrogates (not valid Unicode text) are rejected with
-a ``ValueError``.
+encoded as that special token, so ``skip_special_tokens=True`` removes it. Strings with lone
+surrogates (not valid Unicode text) are rejected with a ``ValueError``.
 
 ``encode`` keeps its Hugging Face meaning (a list of ids, or a ``[1, length]`` tensor with
 ``return_tensors="pt"``). For a dict with ``input_ids``, ``token_type_ids`` and ``attention_mask``,
@@ -131,9 +131,9 @@ def _sentencepiece_model_bytes(tokenizer: Tokenizer, spm_pb2) -> bytes:
     score; giving each learned piece the score ``-merge_rank`` replays the merge order of the
     ``tokenizers`` model. The two can differ only where SentencePiece builds a piece from another
     split than the learned merge (e.g. "a"+"bc" instead of "ab"+"c"); this never happened on the
-    45,541 paragraphs of the shared corpus (see benchmarks/bench_tokenizer.py). Normalization (NFC) is not stored: the model uses the identity rule and the
-    caller normalizes, as :class:`SpanishSPMTokenizerSlow` does. ``spm_pb2`` is SentencePiece's
-    ``sentencepiece_model_pb2`` module.
+    45,541 paragraphs of the shared corpus (see benchmarks/bench_tokenizer.py). Normalization (NFC)
+    is not stored: the model uses the identity rule and the caller normalizes, as
+    :class:`SpanishSPMTokenizerSlow` does. ``spm_pb2`` is SentencePiece's ``sentencepiece_model_pb2``.
     """
     model = json.loads(tokenizer.to_str())["model"]
     merge_rank = {left + right: rank for rank, (left, right) in enumerate(model["merges"])}
@@ -187,7 +187,10 @@ class SpanishSPMTokenizer(TokenizersBackend):
         model_max_length: int = MODEL_MAX_LENGTH,
         show_progress: bool = False,
     ) -> SpanishSPMTokenizer:
-        """Train a new tokenizer of exactly ``vocab_size`` tokens and return it.
+        """Train a new tokenizer of ``vocab_size`` tokens and return it.
+
+        A corpus too small to learn that many merges gives fewer tokens (with a warning): size the
+        model's embeddings with ``len(tokenizer)``.
 
         Args:
             texts: an iterable of strings (documents or paragraphs, e.g. a streaming ``datasets``
@@ -236,6 +239,8 @@ class SpanishSPMTokenizer(TokenizersBackend):
         learned = [t for t, _ in sorted(trained["vocab"].items(), key=lambda item: item[1]) if t not in reserved]
         vocab = {token: token_id for token_id, token in enumerate(RESERVED_TOKENS + learned)}
         merges = [tuple(pair) for pair in trained["merges"] if reserved.isdisjoint((*pair, "".join(pair)))]
+        if len(vocab) < vocab_size:
+            logger.warning(f"the corpus yields only {len(vocab)} of the {vocab_size} tokens asked for")
         backend = _build_backend(vocab, merges)
         special_tokens = _special_added_tokens()
         backend.add_special_tokens(list(special_tokens.values()))
@@ -281,7 +286,8 @@ class SpanishSPMTokenizer(TokenizersBackend):
             logger.warning(f"{SENTENCEPIECE_FILE} not written ({err}); {TOKENIZER_FILE} is complete without it")
             return file_names
         model_bytes = _sentencepiece_model_bytes(self._tokenizer, sentencepiece_model_pb2)
-        model_file = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + SENTENCEPIECE_FILE)
+        prefix = filename_prefix + "-" if filename_prefix else ""
+        model_file = os.path.join(save_directory, prefix + SENTENCEPIECE_FILE)
         with open(model_file, "wb") as handle:
             handle.write(model_bytes)
         return file_names + (model_file,)

@@ -28,7 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--train_file", nargs="+", type=Path, help="local .txt / .jsonl / .jsonl.gz files")
-    source.add_argument("--dataset_name", default=DEFAULT_DATASET, help="datasets name, streamed (default: %(default)s)")
+    source.add_argument(
+        "--dataset_name", default=DEFAULT_DATASET, help="datasets name, streamed (default: %(default)s)"
+    )
     parser.add_argument("--dataset_split", default="train")
     parser.add_argument("--text_column", default="text", help="field holding the text (default: %(default)s)")
     parser.add_argument("--max_documents", type=int, default=None, help="read at most this many documents")

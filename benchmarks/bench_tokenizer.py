@@ -180,7 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
         "fast_slow_id_mismatches": mismatches,
         "fertility": fertility_rows,
         "targets": {
-            "fast_over_slow": {"target": TARGET_SPEEDUP, "measured": fast_row["x_slow"], "met": fast_row["x_slow"] >= TARGET_SPEEDUP},
+            "fast_over_slow": {
+                "target": TARGET_SPEEDUP,
+                "measured": fast_row["x_slow"],
+                "met": fast_row["x_slow"] >= TARGET_SPEEDUP,
+            },
             "fertility": {
                 "target": TARGET_FERTILITY,
                 "measured": fertility_rows[0]["tokens_per_word"],
@@ -205,14 +209,16 @@ def print_tables(results: dict) -> None:
     print("| tokenizer | paragraphs/s | tokens/s | × slow |\n|---|---:|---:|---:|")
     for row in results["throughput"]:
         print(f"| {row['name']} | {row['paragraphs_per_s']:,.0f} | {row['tokens_per_s']:,.0f} | {row['x_slow']:.1f} |")
-    print(f"\nfast vs slow: {results['fast_slow_id_mismatches']} of {s['speed_paragraphs']:,} paragraphs with different ids")
+    mismatches = results["fast_slow_id_mismatches"]
+    print(f"\nfast vs slow: {mismatches} of {s['speed_paragraphs']:,} paragraphs with different ids")
     print(f"\nFertility on {s['held_out_paragraphs']:,} held-out paragraphs (not used for training):\n")
     print("| tokenizer | tokens/word | [UNK] share |\n|---|---:|---:|")
     for row in results["fertility"]:
         print(f"| {row['name']} | {row['tokens_per_word']:.3f} | {row['unk_fraction']:.2%} |")
     print()
     for name, target in results["targets"].items():
-        print(f"target {name}: {target['measured']:.2f} vs {target['target']} -> {'met' if target['met'] else 'NOT met'}")
+        verdict = "met" if target["met"] else "NOT met"
+        print(f"target {name}: {target['measured']:.2f} vs {target['target']} -> {verdict}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def test_single_and_pair_get_bert_special_tokens(tokenizer):
     assert single["input_ids"][0] == tokenizer.cls_token_id and single["input_ids"][-1] == tokenizer.sep_token_id
     assert set(single["token_type_ids"]) == {0}
 
-    first, second = tokenizer.encode("Hola.", add_special_tokens=False), tokenizer.encode("Adiós.", add_special_tokens=False)
+    first = tokenizer.encode("Hola.", add_special_tokens=False)
+    second = tokenizer.encode("Adiós.", add_special_tokens=False)
     pair = tokenizer("Hola.", "Adiós.")
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     assert pair["input_ids"] == [cls, *first, sep, *second, sep]
