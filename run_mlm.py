@@ -282,7 +282,8 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         train_stream.load_state_dict(stream_states[rank])
         logger.info(f"resuming from {checkpoint}")
 
-    # Trainer
+    # Trainer. --push_to_hub uploads the exported folder once at the end, not every checkpoint as the Trainer would.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     disk_budget = DiskBudgetCallback(
         training_args.disk_budget_gb, training_args.output_dir, model.num_parameters(), saved_bytes(tokenizer)
     )
@@ -318,7 +319,25 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         metrics.update(eval_metrics)
     if disk_budget.stop_message is not None:
         raise SystemExit(f"run_mlm: {disk_budget.stop_message}")
+    if trainer.is_world_process_zero():
+        export(training_args, metrics, push_to_hub)
     return metrics
+
+
+def export(training_args, metrics: dict, push_to_hub: bool) -> None:
+    """Complete output_dir as a Hub model repo (Sentence Transformers files, model card with these metrics) and
+    push it if asked. The export itself is `spanish_moe_bert.export` (issue 5)."""
+    try:
+        from spanish_moe_bert.export import export_model
+    except ImportError:  # TODO(issue 5): remove once spanish_moe_bert/export.py has landed
+        logger.warning("spanish_moe_bert.export is not available yet: output_dir holds the model, not the Hub export")
+        return
+    export_model(
+        training_args.output_dir,
+        eval_results=metrics,
+        push_to_hub=push_to_hub,
+        hub_model_id=training_args.hub_model_id,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

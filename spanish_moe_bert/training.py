@@ -108,7 +108,7 @@ class MoEMLMTrainer(Trainer):
             )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        logs.update(self.router_metrics.compute(lambda t: self.accelerator.reduce(t, reduction="mean")))
+        logs = {**logs, **self.router_metrics.compute(lambda t: self.accelerator.reduce(t, reduction="mean"))}
         if "loss" in logs and hasattr(self.model, "dyt_statistics"):
             logs.update({f"dyt/{name}": value for name, value in self.model.dyt_statistics().items()})
         super().log(logs, start_time)

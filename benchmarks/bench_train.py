@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Training throughput of the mini config on CPU: sparse MoE vs its dense twin with the same active parameters.
+
+The dense twin replaces every sparse layer by one SwiGLU of width num_experts_per_tok * moe_intermediate_size, so
+both models spend the same feed-forward FLOPs per token; the difference is what routing costs (router, top-k,
+gather/scatter of tokens to experts) on this machine. Both train in one process on the same blocks of the bundled
+corpus (forward, backward, AdamW step), in alternating rounds so that machine noise hits both alike.
+
+    python benchmarks/bench_train.py            # prints a markdown table, writes benchmarks/results/bench_train.json
+    python benchmarks/bench_train.py --quick    # a smoke run in seconds
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
+from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
+from spanish_moe_bert.corpus import iter_texts  # noqa: E402
+from spanish_moe_bert.data import MaskingCollator, local_documents, tokenize_stream  # noqa: E402
+from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
+
+
+def dense_twin(config: SpanishMoEBertConfig) -> SpanishMoEBertConfig:
+    """Same model with every sparse layer dense, of the width of the experts active per token."""
+    twin = SpanishMoEBertConfig.from_dict(config.to_dict())
+    twin.mlp_layer_types = ["dense"] * config.num_hidden_layers
+    twin.intermediate_size = config.num_experts_per_tok * config.moe_intermediate_size
+    return twin
+
+
+def active_parameters(model: SpanishMoEBertForMaskedLM) -> int:
+    """Parameters a token passes through: all, minus the experts it is not routed to (SwiGLU: 3 matrices)."""
+    config = model.config
+    sparse_layers = sum(kind == "sparse" for kind in config.mlp_layer_types)
+    idle_experts = config.num_experts - config.num_experts_per_tok
+    return model.num_parameters() - sparse_layers * idle_experts * 3 * config.hidden_size * config.moe_intermediate_size
+
+
+def training_batches(tokenizer, seq_len: int, batch_size: int, count: int) -> list[dict]:
+    blocks = tokenize_stream(local_documents([REPO / "data" / "es_corpus_sample.txt"]), tokenizer, seq_len)
+    collate = MaskingCollator.for_tokenizer(tokenizer, mlm_probability=0.15)
+    examples = list(islice(blocks, batch_size * count))
+    return [collate(examples[i * batch_size : (i + 1) * batch_size]) for i in range(count)]
+
+
+def train_steps(model, optimizer, batches) -> float:
+    """Seconds for one optimizer step per batch."""
+    start = time.perf_counter()
+    for batch in batches:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_config", default=str(REPO / "configs" / "mini.json"))
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny run: 2 rounds of 2 steps at batch 4")
+    parser.add_argument("--output", help="results JSON (default benchmarks/results/bench_train[_quick].json)")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch_size, args.steps, args.rounds, args.warmup = 4, 2, 2, 1
+
+    torch.manual_seed(0)
+    tokenizer = SpanishSPMTokenizer.train_new(iter_texts(REPO / "data" / "es_corpus_sample.txt"), vocab_size=8000)
+    config = SpanishMoEBertConfig.from_json_file(args.model_config)
+    config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
+    batches = training_batches(tokenizer, args.seq_len, args.batch_size, args.warmup + args.steps)
+
+    runs = {}
+    for name, model_config in (("moe", config), ("dense twin", dense_twin(config))):
+        model = SpanishMoEBertForMaskedLM(model_config).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        train_steps(model, optimizer, batches[: args.warmup])
+        runs[name] = {"model": model, "optimizer": optimizer, "seconds": 0.0}
+    for _ in range(args.rounds):  # alternate, so drift in machine speed affects both
+        for run in runs.values():
+            run["seconds"] += train_steps(run["model"], run["optimizer"], batches[args.warmup :])
+
+    tokens = args.rounds * args.steps * args.batch_size * args.seq_len
+    results = {
+        name: {
+            "total_parameters": run["model"].num_parameters(),
+            "active_parameters": active_parameters(run["model"]),
+            "tokens_per_second": tokens / run["seconds"],
+        }
+        for name, run in runs.items()
+    }
+    for result in results.values():
+        result["relative_to_dense"] = result["tokens_per_second"] / results["dense twin"]["tokens_per_second"]
+
+    print(f"\nTraining throughput, {Path(args.model_config).name}, CPU ({torch.get_num_threads()} threads), "
+          f"batch {args.batch_size} x {args.seq_len} tokens, {args.rounds} x {args.steps} steps each\n")  # fmt: skip
+    print("| model | total params | active params | tokens/s | vs dense twin |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
+              f"{r['tokens_per_second']:,.0f} | {r['relative_to_dense']:.2f}x |")  # fmt: skip
+
+    output = Path(args.output or REPO / "benchmarks" / "results" / f"bench_train{'_quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({
+        "benchmark": "bench_train", "model_config": Path(args.model_config).name, "quick": args.quick,
+        "device": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "timed_steps": args.rounds * args.steps, "results": results,
+    }, indent=2) + "\n")  # fmt: skip
+    print(f"\nwrote {output}")
+
+
+if __name__ == "__main__":
+    main()
