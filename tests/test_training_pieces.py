@@ -26,6 +26,7 @@ from spanish_moe_bert.data import (
     MaskingCollator,
     ResumableStream,
     first_example,
+    hub_documents,
     is_held_out,
     local_documents,
     masked_eval_set,
@@ -66,6 +67,17 @@ def test_held_out_split_is_by_document_stable_and_sized():
     train_texts = {d["text"] for d in islice(train, 3000)}
     validation_texts = {d["text"] for d in validation}
     assert validation_texts and not train_texts & validation_texts
+
+
+def test_dataset_stream_keeps_the_text_column(tmp_path):
+    # `load_dataset` streams a local folder the same way as a Hub repo (the Hub is not reachable in tests).
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"id": i, "content": f"texto {i}"}) + "\n" for i in range(5)))
+    documents = hub_documents(str(folder), None, "train", text_column="content")
+    assert [d for d in documents] == [{"text": f"texto {i}"} for i in range(5)]
+    with pytest.raises(ValueError, match=r"no column 'text'.*'content'"):
+        hub_documents(str(folder), None, "train", text_column="text")
 
 
 def test_packed_blocks_have_exact_length_and_special_tokens(tokenizer):
