@@ -232,7 +232,6 @@ def resolve_checkpoint(training_args: TrainingArguments) -> Path | None:
         return checkpoint
     if training_args.process_index == 0:
         remove_incomplete_checkpoints(Path(training_args.output_dir))
-    training_args.resume_from_checkpoint = None
     return last_complete_checkpoint(Path(training_args.output_dir))
 
 
