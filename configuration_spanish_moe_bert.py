@@ -1,0 +1,168 @@
+"""Configuration of Spanish MoE-BERT: a BERT-like encoder with a sparse Mixture-of-Experts feed-forward.
+
+This file is copied into every exported checkpoint and loaded there as remote code, so it imports only
+installed libraries.
+"""
+
+from transformers import PreTrainedConfig
+
+ATTENTION_TYPES = ("mha", "gqa", "mla")
+MLP_LAYER_TYPES = ("sparse", "dense")
+NORM_TYPES = ("dyt", "layernorm", "rmsnorm")
+
+
+class SpanishMoEBertConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SpanishMoEBertModel`]. The defaults are the published architecture: 24 layers of
+    hidden size 1024 with 16 heads, RoPE, a sparse MoE of 32 SwiGLU experts with 4 active per token in
+    every layer, DyT normalization and a 50k vocabulary: 339.5M parameters in total, 127.6M of them active
+    per token (see the README for how they are counted).
+
+    Attention (one type per layer, from `attention_types` or else `attention_pattern` repeated):
+        - `"mha"`: standard multi-head attention.
+        - `"gqa"`: grouped-query attention with `num_key_value_heads` key/value heads.
+        - `"mla"`: multi-head latent attention (DeepSeek-V2): keys and values are decompressed from one
+          `kv_lora_rank`-dimensional latent; RoPE lives in a separate `qk_rope_head_dim` part of each head whose
+          key is shared by all heads, so that the position signal does not go through the low-rank path.
+
+    The default pattern `["mha", "gqa", "gqa", "mla"]` (6 MHA, 12 GQA, 6 MLA layers) spends full key/value
+    capacity where it is cheap to keep it (every fourth layer, starting with the first), and uses the two
+    compressed forms elsewhere to save parameters and FLOPs that an encoder, which has no KV cache, would
+    otherwise spend on key/value projections. The saved budget goes to the experts.
+
+    MoE: `mlp_layer_types[i]` is `"sparse"` (router + `num_experts` SwiGLU experts of width
+    `moe_intermediate_size`, `num_experts_per_tok` active) or `"dense"` (one SwiGLU of width
+    `intermediate_size`). The router is a softmax top-k without token dropping, trained with the
+    Switch-Transformer load-balancing loss (`router_aux_loss_coef`) and the ST-MoE router z-loss
+    (`router_z_loss_coef`); `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training.
+
+    Normalization: `"dyt"` is Dynamic Tanh, `DyT(x) = weight * tanh(alpha * x) + bias` with a learnable scalar
+    alpha initialised to `dyt_alpha_init_attention` before attention and to `dyt_alpha_init_ffn` before the
+    feed-forward, the final norm and the MLM head (the DyT paper needed the two to differ for LLaMA).
+    `"layernorm"` and `"rmsnorm"` are there for ablations.
+    """
+
+    model_type = "spanish_moe_bert"
+    keys_to_ignore_at_inference = ["hidden_states", "attentions", "expert_load"]
+
+    vocab_size: int = 50000
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    rope_theta: float = 10000.0
+    attention_pattern: list[str] | None = None
+    attention_types: list[str] | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    kv_lora_rank: int = 256
+    q_lora_rank: int | None = None
+    qk_nope_head_dim: int = 64
+    qk_rope_head_dim: int = 32
+    v_head_dim: int = 64
+    mlp_layer_types: list[str] | None = None
+    intermediate_size: int = 2816
+    moe_intermediate_size: int = 88
+    num_experts: int = 32
+    num_experts_per_tok: int = 4
+    norm_topk_prob: bool = True
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    router_jitter_noise: float = 0.0
+    hidden_act: str = "silu"
+    norm_type: str = "dyt"
+    norm_eps: float = 1e-5
+    dyt_alpha_init_attention: float = 0.8
+    dyt_alpha_init_ffn: float = 0.2
+    hidden_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    classifier_dropout: float = 0.0
+    initializer_range: float = 0.02
+    pad_token_id: int | None = 0
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.attention_pattern is None:
+            self.attention_pattern = ["mha", "gqa", "gqa", "mla"]
+        if self.attention_types is None:
+            pattern = self.attention_pattern
+            self.attention_types = [pattern[i % len(pattern)] for i in range(self.num_hidden_layers)]
+        if self.mlp_layer_types is None:
+            self.mlp_layer_types = ["sparse"] * self.num_hidden_layers
+        self.attention_pattern = list(self.attention_pattern)
+        self.attention_types = list(self.attention_types)
+        self.mlp_layer_types = list(self.mlp_layer_types)
+        self.validate_architecture()
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate_architecture(self):
+        """Raise `ValueError` naming the field for every value the model cannot be built with."""
+        for name in (
+            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "max_position_embeddings", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+            "intermediate_size", "moe_intermediate_size", "num_experts", "num_experts_per_tok",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        if self.q_lora_rank is not None and (not isinstance(self.q_lora_rank, int) or self.q_lora_rank <= 0):
+            raise ValueError(f"`q_lora_rank` must be None or a positive integer, got {self.q_lora_rank!r}")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"`type_vocab_size` must be >= 0 (0 disables token types), got {self.type_vocab_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must be divisible by `num_key_value_heads` "
+                f"({self.num_key_value_heads})"
+            )
+        if self.head_dim % 2 or self.qk_rope_head_dim % 2:
+            raise ValueError(
+                f"RoPE needs even head sizes: head_dim={self.head_dim}, qk_rope_head_dim={self.qk_rope_head_dim}"
+            )
+        if self.num_experts_per_tok > self.num_experts:
+            raise ValueError(
+                f"`num_experts_per_tok` ({self.num_experts_per_tok}) must be between 1 and `num_experts` "
+                f"({self.num_experts})"
+            )
+        if not self.attention_pattern:
+            raise ValueError("`attention_pattern` must name at least one attention type")
+        for field, allowed in (
+            ("attention_pattern", ATTENTION_TYPES),
+            ("attention_types", ATTENTION_TYPES),
+            ("mlp_layer_types", MLP_LAYER_TYPES),
+        ):
+            values = getattr(self, field)
+            unknown = sorted({v for v in values if v not in allowed}, key=str)
+            if unknown:
+                raise ValueError(f"`{field}` has unknown entries {unknown}; allowed: {list(allowed)}")
+            if field != "attention_pattern" and len(values) != self.num_hidden_layers:
+                raise ValueError(
+                    f"`{field}` has {len(values)} entries but `num_hidden_layers` is {self.num_hidden_layers}"
+                )
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"`norm_type` must be one of {list(NORM_TYPES)}, got {self.norm_type!r}")
+        for name in ("attention_dropout", "hidden_dropout", "embedding_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}")
+        if not 0.0 <= self.router_jitter_noise < 1.0:
+            raise ValueError(f"`router_jitter_noise` must be in [0, 1), got {self.router_jitter_noise}")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        for name in ("rope_theta", "norm_eps", "initializer_range", "dyt_alpha_init_attention", "dyt_alpha_init_ffn"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
+
+
+__all__ = ["SpanishMoEBertConfig"]
