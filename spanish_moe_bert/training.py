@@ -109,9 +109,18 @@ class MoEMLMTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs = {**logs, **self.router_metrics.compute(lambda t: self.accelerator.reduce(t, reduction="mean"))}
-        if "loss" in logs and hasattr(self.model, "dyt_statistics"):
+        if "loss" in logs:  # training logs: DyT alphas
             logs.update({f"dyt/{name}": value for name, value in self.model.dyt_statistics().items()})
+        if "eval_loss" in logs:  # evaluation logs: DyT saturation on a few validation blocks (one no-grad forward)
+            logs.update({f"eval_dyt/{name}": value for name, value in self._dyt_saturation().items()})
         super().log(logs, start_time)
+
+    def _dyt_saturation(self) -> dict[str, float]:
+        examples = [self.eval_dataset[i] for i in range(min(8, len(self.eval_dataset)))]
+        batch = self.data_collator(examples)
+        device = self.args.device
+        stats = self.model.dyt_statistics(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        return {name: value for name, value in stats.items() if name.endswith("saturation")}
 
 
 def perplexity(mlm_loss: float) -> float:
