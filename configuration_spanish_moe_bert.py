@@ -10,6 +10,15 @@ ATTENTION_TYPES = ("mha", "gqa", "mla")
 MLP_LAYER_TYPES = ("sparse", "dense")
 NORM_TYPES = ("dyt", "layernorm", "rmsnorm")
 
+# Every checkpoint maps all Auto classes, so AutoModel loads a checkpoint saved from the MLM model and vice versa.
+AUTO_MAP = {
+    "AutoConfig": "configuration_spanish_moe_bert.SpanishMoEBertConfig",
+    "AutoModel": "modeling_spanish_moe_bert.SpanishMoEBertModel",
+    "AutoModelForMaskedLM": "modeling_spanish_moe_bert.SpanishMoEBertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_spanish_moe_bert.SpanishMoEBertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_spanish_moe_bert.SpanishMoEBertForTokenClassification",
+}
+
 
 class SpanishMoEBertConfig(PreTrainedConfig):
     r"""
@@ -96,6 +105,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         self.mlp_layer_types = list(self.mlp_layer_types)
         self.validate_architecture()
         super().__post_init__(**kwargs)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(AUTO_MAP)
 
     @property
     def head_dim(self) -> int:

@@ -1,0 +1,401 @@
+"""Behaviour of the model core: configuration, encoder, MoE dispatch, heads, saving and remote-code loading."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configuration_spanish_moe_bert import SpanishMoEBertConfig
+from modeling_spanish_moe_bert import (
+    SpanishMoEBertForMaskedLM,
+    SpanishMoEBertForSequenceClassification,
+    SpanishMoEBertForTokenClassification,
+    SpanishMoEBertModel,
+    SpanishMoEBertSparseMoE,
+    load_balancing_loss,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides) -> SpanishMoEBertConfig:
+    config = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    config.validate_architecture()
+    return config
+
+
+def make_config(**kwargs) -> SpanishMoEBertConfig:
+    base = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json").to_diff_dict()
+    for derived in ("attention_types", "mlp_layer_types"):  # re-derived from the pattern unless given
+        base.pop(derived, None)
+    base.update(kwargs)
+    return SpanishMoEBertConfig(**base)
+
+
+def batch(vocab_size=2000, b=3, t=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(5, vocab_size, (b, t), generator=g)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(num_experts=4, num_experts_per_tok=5), "num_experts_per_tok"),
+        (dict(hidden_size=66, num_attention_heads=4), "hidden_size"),
+        (dict(num_attention_heads=4, num_key_value_heads=3), "num_attention_heads"),
+        (dict(attention_pattern=["mha", "sliding"]), "attention_pattern"),
+        (dict(attention_types=["mha", "gqa"]), "attention_types"),
+        (dict(mlp_layer_types=["sparse", "dense", "moe", "sparse"]), "mlp_layer_types"),
+        (dict(mlp_layer_types=["sparse"]), "mlp_layer_types"),
+        (dict(norm_type="batchnorm"), "norm_type"),
+        (dict(hidden_size=0), "hidden_size"),
+        (dict(num_experts=-1), "num_experts"),
+        (dict(moe_intermediate_size=0), "moe_intermediate_size"),
+        (dict(hidden_dropout=1.0), "hidden_dropout"),
+        (dict(attention_dropout=-0.1), "attention_dropout"),
+        (dict(router_jitter_noise=1.5), "router_jitter_noise"),
+        (dict(router_aux_loss_coef=-1.0), "router_aux_loss_coef"),
+        (dict(dyt_alpha_init_ffn=0.0), "dyt_alpha_init_ffn"),
+        (dict(q_lora_rank=0), "q_lora_rank"),
+    ],
+)
+def test_config_rejects_impossible_values_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        make_config(**kwargs)
+
+
+def test_config_expands_pattern_and_round_trips(tmp_path):
+    config = make_config(num_hidden_layers=6, attention_pattern=["gqa", "mla"])
+    assert config.attention_types == ["gqa", "mla", "gqa", "mla", "gqa", "mla"]
+    assert config.mlp_layer_types == ["sparse"] * 6
+    config.save_pretrained(tmp_path)
+    again = SpanishMoEBertConfig.from_pretrained(tmp_path)
+    assert again.attention_types == config.attention_types
+    assert again.to_diff_dict() == config.to_diff_dict()
+
+
+def test_default_config_is_the_published_architecture():
+    config = SpanishMoEBertConfig()
+    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (
+        50000, 1024, 24, 16
+    )  # fmt: skip
+    assert (config.num_experts, config.num_experts_per_tok, config.max_position_embeddings) == (32, 4, 512)
+    assert set(config.attention_types) == {"mha", "gqa", "mla"}
+    assert config.norm_type == "dyt"
+    assert SpanishMoEBertConfig.from_json_file(REPO / "configs" / "large.json").to_dict() == config.to_dict()
+
+
+def test_default_config_counts_340m_parameters_on_meta_device():
+    with torch.device("meta"):
+        model = SpanishMoEBertForMaskedLM(SpanishMoEBertConfig())
+    total = sum(p.numel() for p in model.parameters())  # the tied decoder counts once
+    assert abs(total - 340e6) / 340e6 <= 0.05, total
+
+
+# ---------------------------------------------------------------- forward passes
+
+
+@pytest.mark.parametrize("attention", ["mha", "gqa", "mla"])
+@pytest.mark.parametrize("norm", ["dyt", "layernorm", "rmsnorm"])
+def test_forward_shapes_for_every_attention_and_norm_type(attention, norm):
+    config = make_config(attention_pattern=[attention], norm_type=norm)
+    model = SpanishMoEBertModel(config).eval()
+    ids = batch()
+    out = model(ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+    assert out.last_hidden_state.shape == (3, 16, config.hidden_size)
+    assert out.pooler_output.shape == (3, config.hidden_size)
+    assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0])
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert out.expert_load.shape == (config.num_hidden_layers, config.num_experts)
+    assert torch.allclose(out.expert_load.sum(-1), torch.ones(config.num_hidden_layers))
+
+
+def test_mla_with_low_rank_queries_and_dense_layers():
+    config = make_config(attention_pattern=["mla"], q_lora_rank=16, mlp_layer_types=["dense", "sparse", "dense", "sparse"])
+    out = SpanishMoEBertModel(config)(batch())
+    assert out.last_hidden_state.shape == (3, 16, config.hidden_size)
+    assert out.expert_load.shape == (2, config.num_experts)
+
+
+def test_all_dense_model_has_no_router_losses():
+    config = make_config(mlp_layer_types=["dense"] * 4)
+    ids = batch()
+    out = SpanishMoEBertForMaskedLM(config)(ids, labels=ids)
+    assert out.aux_loss is None and out.expert_load is None
+    assert torch.equal(out.loss, out.mlm_loss)
+
+
+def test_heads_shapes_and_losses():
+    config = make_config(num_labels=3)
+    ids = batch()
+    seq = SpanishMoEBertForSequenceClassification(config)(ids, labels=torch.tensor([0, 2, 1]))
+    tok = SpanishMoEBertForTokenClassification(config)(ids, labels=torch.zeros_like(ids))
+    assert seq.logits.shape == (3, 3) and torch.isfinite(seq.loss)
+    assert tok.logits.shape == (3, 16, 3) and torch.isfinite(tok.loss)
+
+
+def test_mlm_loss_is_mlm_plus_weighted_router_losses_and_decoder_is_tied():
+    config = tiny_config()
+    model = SpanishMoEBertForMaskedLM(config)
+    assert model.decoder.weight.data_ptr() == model.model.embeddings.word_embeddings.weight.data_ptr()
+    ids = batch()
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    out = model(ids, labels=labels)
+    expected = out.mlm_loss + config.router_aux_loss_coef * out.aux_loss + config.router_z_loss_coef * out.z_loss
+    assert torch.allclose(out.loss, expected)
+    assert torch.isfinite(out.aux_loss) and torch.isfinite(out.z_loss) and out.z_loss > 0
+
+
+# ---------------------------------------------------------------- MoE dispatch
+
+
+def naive_moe(moe: SpanishMoEBertSparseMoE, x: torch.Tensor) -> torch.Tensor:
+    """Token by token, expert by expert: the definition the fast dispatch must match."""
+    logits = x.float() @ moe.router.weight.float().T
+    top_w, top_idx = logits.softmax(-1).topk(moe.top_k, dim=-1)
+    top_w = top_w / top_w.sum(-1, keepdim=True)
+    rows = []
+    for token in range(x.shape[0]):
+        y = torch.zeros_like(x[token])
+        for w, e in zip(top_w[token], top_idx[token]):
+            gate, up = (x[token] @ moe.experts.gate_up_proj[e]).chunk(2)
+            y = y + w * ((F.silu(gate) * up) @ moe.experts.down_proj[e])
+        rows.append(y)
+    return torch.stack(rows)
+
+
+def test_moe_dispatch_matches_naive_reference_values_and_gradients():
+    torch.manual_seed(0)
+    config = make_config(num_experts=6, num_experts_per_tok=3)
+    moe = SpanishMoEBertSparseMoE(config)
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 9, config.hidden_size, requires_grad=True)
+    fast, _ = moe(x)
+    grads_fast = torch.autograd.grad(fast.square().sum(), [x, *moe.parameters()])
+    slow = naive_moe(moe, x.reshape(-1, config.hidden_size)).view_as(fast)
+    grads_slow = torch.autograd.grad(slow.square().sum(), [x, *moe.parameters()])
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4)
+    for gf, gs in zip(grads_fast, grads_slow):
+        assert torch.allclose(gf, gs, atol=1e-4, rtol=1e-4)
+
+
+def test_moe_skips_padding_tokens():
+    torch.manual_seed(0)
+    config = tiny_config()
+    moe = SpanishMoEBertSparseMoE(config)
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 5, config.hidden_size)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    y, stats = moe(x, mask)
+    assert torch.all(y[0, 3:] == 0)
+    y_real, stats_real = moe(x.reshape(1, 10, -1)[:, mask.reshape(-1)])
+    assert torch.allclose(y[mask], y_real[0], atol=1e-6)
+    assert torch.allclose(stats.expert_load, stats_real.expert_load)
+
+
+def test_load_balancing_loss_is_one_for_uniform_routing_and_larger_otherwise():
+    e = 8
+    uniform = load_balancing_loss(torch.full((64, e), 1 / e), torch.full((e,), 16))
+    assert torch.isclose(uniform, torch.tensor(1.0))
+    skewed_probs = torch.full((64, e), 0.02)
+    skewed_probs[:, 0] = 1 - 0.02 * (e - 1)
+    skewed = load_balancing_loss(skewed_probs, torch.tensor([100, 4, 4, 4, 4, 4, 4, 4]))
+    assert skewed > 1.5
+
+
+def test_router_jitter_only_in_training():
+    config = make_config(router_jitter_noise=0.5)
+    moe = SpanishMoEBertSparseMoE(config)
+    x = torch.randn(1, 8, config.hidden_size)
+    moe.eval()
+    assert torch.equal(moe(x)[0], moe(x)[0])
+    moe.train()
+    torch.manual_seed(1)
+    a = moe.router(x.reshape(8, -1))[0]
+    b = moe.router(x.reshape(8, -1))[0]
+    assert not torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- padding and attention backends
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_padding_does_not_change_real_token_outputs(impl):
+    torch.manual_seed(0)
+    model = SpanishMoEBertModel(tiny_config()).eval()
+    model.set_attn_implementation(impl)
+    ids = batch(t=10, b=1)
+    alone = model(ids).last_hidden_state
+    padded_ids = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], dim=1)
+    other = batch(t=16, b=1, seed=1)
+    two = torch.cat([padded_ids, other])
+    mask = torch.ones_like(two)
+    mask[0, 10:] = 0
+    in_batch = model(two, attention_mask=mask).last_hidden_state
+    assert torch.allclose(in_batch[0, :10], alone[0], atol=1e-5)
+    assert torch.allclose(in_batch[1], model(other).last_hidden_state[0], atol=1e-5)
+
+
+def test_eager_and_sdpa_agree():
+    torch.manual_seed(0)
+    model = SpanishMoEBertModel(tiny_config()).eval()
+    ids = batch()
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    model.set_attn_implementation("sdpa")
+    sdpa = model(ids, attention_mask=mask).last_hidden_state
+    model.set_attn_implementation("eager")
+    eager = model(ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert torch.allclose(sdpa[real], eager[real], atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fully_padded_row_never_produces_nan(impl, dtype):
+    model = SpanishMoEBertForMaskedLM(tiny_config()).to(dtype).eval()
+    model.set_attn_implementation(impl)
+    ids = batch()
+    mask = torch.ones_like(ids)
+    mask[2] = 0
+    out = model(ids, attention_mask=mask)
+    assert not torch.isnan(out.logits).any()
+
+
+def test_bf16_autocast_training_step_on_cpu():
+    model = SpanishMoEBertForMaskedLM(tiny_config())
+    ids = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.model.layers[0].mlp.experts.gate_up_proj.grad.abs().sum() > 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMaskedLM(tiny_config())
+    ids = batch()
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(ids, labels=ids).loss.backward()
+    for name, grad in reference.items():
+        assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-6), name
+
+
+def test_dyt_statistics_report_alpha_and_saturation():
+    model = SpanishMoEBertModel(tiny_config())
+    ids = batch()
+    stats = model.dyt_statistics(ids, torch.ones_like(ids))
+    assert stats["layers.0.attn_norm.alpha"] == pytest.approx(0.8)
+    assert stats["layers.0.mlp_norm.alpha"] == pytest.approx(0.2)
+    with torch.no_grad():
+        model.layers[0].mlp_norm.alpha.fill_(1e4)  # every non-zero input saturates
+    stats = model.dyt_statistics(ids, torch.ones_like(ids))
+    assert stats["layers.0.mlp_norm.saturation"] > 0.95
+    assert 0.0 <= stats["layers.1.attn_norm.saturation"] < 0.5
+
+
+def test_a_few_optimizer_steps_lower_the_mlm_loss():
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMaskedLM(tiny_config())
+    ids = batch(b=8, t=32)
+    labels = torch.full_like(ids, -100)
+    masked = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.15
+    labels[masked] = ids[masked]
+    inputs = ids.masked_fill(masked, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = model(inputs, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+# ---------------------------------------------------------------- saving and loading
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMaskedLM(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = SpanishMoEBertForMaskedLM.from_pretrained(tmp_path).eval()
+    ids = batch()
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    names = set(loaded.state_dict())
+    assert "model.layers.0.mlp.experts.gate_up_proj" in names  # experts stored stacked
+
+
+FRESH_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM,
+                              AutoModelForSequenceClassification, AutoModelForTokenClassification)
+    # A Hub user has the checkpoint folder, not this project: drop the editable install's import hook.
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    try:
+        import modeling_spanish_moe_bert  # noqa: F401
+        raise SystemExit("the project must not be importable here")
+    except ImportError:
+        pass
+    path = sys.argv[1]
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    base = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    mlm = AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=True).eval()
+    seq = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, trust_remote_code=True)
+    tok = AutoModelForTokenClassification.from_pretrained(path, num_labels=5, trust_remote_code=True)
+    expected = torch.load(path + "/expected.pt")
+    assert type(config).__name__ == "SpanishMoEBertConfig"
+    assert type(base).__name__ == "SpanishMoEBertModel"
+    assert torch.allclose(mlm(ids).logits, expected["logits"], atol=1e-6)
+    assert torch.allclose(base(ids).pooler_output, expected["pooler"], atol=1e-6)
+    assert seq(ids).logits.shape == (1, 3) and tok(ids).logits.shape == (1, 5, 5)
+    print("OK")
+    """
+)
+
+
+def test_remote_code_load_in_a_fresh_process_without_the_project(tmp_path):
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMaskedLM(tiny_config()).eval()
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    config_json = (ckpt / "config.json").read_text()
+    assert '"auto_map"' in config_json and "AutoModelForMaskedLM" in config_json
+    assert (ckpt / "modeling_spanish_moe_bert.py").exists() and (ckpt / "configuration_spanish_moe_bert.py").exists()
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        torch.save({"logits": model(ids).logits, "pooler": model.model(ids).pooler_output}, ckpt / "expected.pt")
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS_SCRIPT)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-P", str(script), str(ckpt)], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK")
