@@ -1,0 +1,472 @@
+"""Make a trained checkpoint a complete Hugging Face Hub model repository, and push it.
+
+    export_model("outputs/mini-demo")                                  # complete the folder in place
+    export_model("outputs/mini-demo", "outputs/mini-demo-hub")         # or write a clean copy elsewhere
+    export_model(..., push_to_hub=True, hub_model_id="user/spanish-moe-bert-mini")
+
+The folder holds what each kind of Hub user loads, all with `trust_remote_code=True`:
+- 🤗 Transformers: `config.json` (`auto_map` for AutoConfig and every AutoModel class), `model.safetensors`,
+  the tokenizer files (their `auto_map`) and the three code files;
+- Sentence Transformers: `modules.json`, `sentence_bert_config.json`, `config_sentence_transformers.json`
+  (cosine similarity) and `1_Pooling/config.json` ([CLS] pooling = the model's `pooler_output`, or mean);
+- people: `README.md`, a model card from `hub_card/` with Hub metadata (widget, model-index with this
+  checkpoint's held-out MLM metrics), the training-loss curve and an expert-load heatmap.
+
+Everything is written to a staging folder first and then moved into place file by file, so a failed export
+leaves an existing folder as it was.
+"""
+
+import importlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
+
+from configuration_spanish_moe_bert import SpanishMoEBertConfig
+from modeling_spanish_moe_bert import (
+    SpanishMoEBertExperts,
+    SpanishMoEBertForMaskedLM,
+    SpanishMoEBertForSequenceClassification,
+    SpanishMoEBertForTokenClassification,
+    SpanishMoEBertModel,
+)
+from tokenization_spanish_moe_bert import SpanishSPMTokenizer
+
+logger = logging.getLogger(__name__)
+
+CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_card" / "model_card_template.md"
+DEFAULT_DATASETS = ("erickfmm/red_pajama_es_hq_35",)  # what run_mlm.py streams when given no --train_file
+POOLING_MODES = ("cls", "mean")
+LOSS_CURVE_FILE = "training_loss.png"
+EXPERT_LOAD_FILE = "expert_load.png"
+
+# Every Auto class a Hub user may load this checkpoint with; save_pretrained only records the saved class.
+AUTO_MODEL_CLASSES = {
+    "AutoModel": SpanishMoEBertModel,
+    "AutoModelForMaskedLM": SpanishMoEBertForMaskedLM,
+    "AutoModelForSequenceClassification": SpanishMoEBertForSequenceClassification,
+    "AutoModelForTokenClassification": SpanishMoEBertForTokenClassification,
+}
+
+# Widget sentences; "{mask}" becomes the tokenizer's mask token.
+WIDGET_SENTENCES = (
+    "Madrid es la {mask} de España.",
+    "En el principio creó Dios los cielos y la {mask}.",
+    "Para guardar el documento, haga clic en el menú {mask}.",
+)
+# A few sentences for the expert-load heatmap: Bible prose, software help, everyday Spanish.
+EXPERT_LOAD_TEXTS = (
+    "Y dijo Dios: Sea la luz; y fué la luz. Y vió Dios que la luz era buena.",
+    "Seleccione las celdas que desea ordenar y elija Datos - Ordenar en la barra de menús.",
+    "El tren de las ocho llega con retraso porque ha nevado toda la noche en la sierra.",
+    "Los niños juegan en el parque mientras sus padres conversan en un banco a la sombra.",
+    "La presidenta del gobierno anunció ayer un nuevo plan para la vivienda.",
+    "Para insertar una tabla, abra el menú Insertar y pulse Tabla.",
+)
+# Files the Trainer leaves in output_dir that do not belong in a model repository.
+UPLOAD_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.tmp", ".staging-*", ".staging-*/**"]
+
+
+class HubPushError(RuntimeError):
+    """The upload to the Hub failed; the local folder is complete and unchanged."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurements for the card
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def parameter_counts(model: torch.nn.Module, config: SpanishMoEBertConfig) -> tuple[int, int]:
+    """(total, active per token): active leaves out the (E - k) / E share of expert weights a token skips."""
+    total = sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
+    expert = sum(p.numel() for m in model.modules() if isinstance(m, SpanishMoEBertExperts) for p in m.parameters())
+    skipped = expert * (config.num_experts - config.num_experts_per_tok) / config.num_experts
+    return total, round(total - skipped)
+
+
+def expert_load(model: SpanishMoEBertForMaskedLM, tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """[num_moe_layers, num_experts] share of routed tokens per expert on `texts` (rows sum to 1)."""
+    inputs = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).expert_load.float()
+
+
+def evaluate_mlm(
+    model: SpanishMoEBertForMaskedLM,
+    tokenizer,
+    eval_files: Sequence[str],
+    max_seq_length: int = 128,
+    max_samples: int = 128,
+    mlm_probability: float = 0.15,
+    seed: int = 42,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Held-out MLM loss, perplexity and masked-token accuracy on local files, masked as run_mlm.py masks them."""
+    from spanish_moe_bert.data import MaskingCollator, local_documents, masked_eval_set, tokenize_stream
+    from spanish_moe_bert.training import perplexity
+
+    blocks = tokenize_stream(local_documents(list(eval_files)), tokenizer, max_seq_length)
+    examples = masked_eval_set(blocks, tokenizer, mlm_probability, max_samples, seed)
+    collate = MaskingCollator.for_tokenizer(tokenizer, mlm_probability)
+    nll_sum, correct, masked = 0.0, 0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate([examples[i] for i in range(start, min(start + batch_size, len(examples)))])
+            labels = batch.pop("labels")
+            logits = model(**batch).logits.float()
+            keep = labels != -100
+            nll_sum += torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+            correct += (logits[keep].argmax(-1) == labels[keep]).sum().item()
+            masked += keep.sum().item()
+    mlm_loss = nll_sum / masked
+    return {"eval_mlm_loss": mlm_loss, "eval_perplexity": perplexity(mlm_loss), "eval_accuracy": correct / masked}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def plot_loss_curve(trainer_state: Path, path: Path) -> bool:
+    """Training (and evaluation) loss against step from the Trainer's log_history; False if there is none."""
+    if not trainer_state.is_file():
+        return False
+    history = json.loads(trainer_state.read_text())["log_history"]
+    train = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    evals = [(e["step"], e["eval_mlm_loss"]) for e in history if "eval_mlm_loss" in e]
+    if not train:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.plot(*zip(*train), label="training loss (MLM + router)")
+    if evals:
+        axes.plot(*zip(*evals), "o-", label="held-out MLM loss")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_expert_load(load: torch.Tensor, moe_layers: list[int], path: Path) -> None:
+    """Heatmap of expert load, one row per MoE layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_layers, num_experts = load.shape
+    figure, axes = plt.subplots(figsize=(1.2 + 0.5 * num_experts, 1.0 + 0.4 * num_layers))
+    image = axes.imshow(load.numpy(), cmap="viridis", aspect="auto", vmin=0)
+    axes.set_xticks(range(num_experts))
+    axes.set_yticks(range(num_layers), [str(layer) for layer in moe_layers])
+    axes.set_xlabel("expert")
+    axes.set_ylabel("layer")
+    axes.set_title("share of routed tokens")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folder pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def complete_auto_map(config_path: Path) -> None:
+    """Map every Auto class to its class in the copied modeling file."""
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {
+        "AutoConfig": f"configuration_spanish_moe_bert.{SpanishMoEBertConfig.__name__}",
+        **{auto: f"modeling_spanish_moe_bert.{cls.__name__}" for auto, cls in AUTO_MODEL_CLASSES.items()},
+    }
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_sentence_transformers_files(folder: Path, hidden_size: int, max_seq_length: int, pooling: str) -> None:
+    """The Sentence Transformers layout: this folder as the Transformer module, then a Pooling module.
+
+    Written in the long-standing format (module types `sentence_transformers.models.*`, `pooling_mode_*` flags)
+    that every Sentence Transformers release since 2.x reads."""
+    import sentence_transformers
+    import transformers
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    versions = {
+        "sentence_transformers": sentence_transformers.__version__,
+        "transformers": transformers.__version__,
+        "pytorch": torch.__version__,
+    }
+    pooling_config = {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
+    files = {
+        "modules.json": modules,
+        "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
+        "config_sentence_transformers.json": {
+            "__version__": versions,
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+        "1_Pooling/config.json": pooling_config,
+    }
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n")
+
+
+def format_count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+def write_model_card(
+    folder: Path,
+    config: SpanishMoEBertConfig,
+    tokenizer,
+    repo_id: str,
+    eval_results: dict | None,
+    eval_source: str,
+    datasets: Sequence[str],
+    params: tuple[int, int],
+    pooling: str,
+    loss_curve: bool,
+    trainer_state: dict | None,
+) -> None:
+    """README.md from hub_card/model_card_template.md with ModelCardData metadata."""
+    mask = tokenizer.mask_token
+    widget = [{"text": sentence.format(mask=mask)} for sentence in WIDGET_SENTENCES]
+    eval_rows, model_index = [], []
+    if eval_results:
+        metrics = {
+            "MLM loss": ("loss", eval_results.get("eval_mlm_loss")),
+            "perplexity": ("perplexity", eval_results.get("eval_perplexity")),
+            "masked-token accuracy": ("accuracy", eval_results.get("eval_accuracy")),
+        }
+        for label, (metric_type, value) in metrics.items():
+            if value is None or not math.isfinite(value):
+                continue
+            eval_rows.append((label, f"{value:.4f}"))
+            model_index.append(
+                EvalResult(
+                    task_type="fill-mask",
+                    task_name="Masked language modelling",
+                    dataset_type="text",
+                    dataset_name=f"held-out Spanish text ({eval_source})",
+                    metric_type=metric_type,
+                    metric_name=f"held-out {label}",
+                    metric_value=round(float(value), 4),
+                )
+            )
+    card_data = ModelCardData(
+        language="es",
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="fill-mask",
+        tags=["sentence-transformers", "feature-extraction", "mixture-of-experts", "custom_code"],
+        datasets=list(datasets) or None,
+        model_name=repo_id,
+        eval_results=model_index or None,
+        widget=widget,
+    )
+    total, active = params
+    moe_layers = sum(t == "sparse" for t in config.mlp_layer_types)
+    architecture_rows = [
+        ("parameters (total / active per token)", f"{format_count(total)} / {format_count(active)} ({total:,} / {active:,})"),
+        ("layers (MoE layers)", f"{config.num_hidden_layers} ({moe_layers})"),
+        ("hidden size", config.hidden_size),
+        ("attention heads (key/value heads)", f"{config.num_attention_heads} ({config.num_key_value_heads})"),
+        ("attention per layer", ", ".join(config.attention_types)),
+        ("experts per MoE layer (active per token)", f"{config.num_experts} ({config.num_experts_per_tok})"),
+        ("expert / dense feed-forward width", f"{config.moe_intermediate_size} / {config.intermediate_size}"),
+        ("normalization", config.norm_type),
+        ("position encoding", f"rotary (θ = {config.rope_theta:g})"),
+        ("vocabulary", f"{config.vocab_size:,} (SentencePiece-compatible, mask token `{mask}`)"),
+        ("max sequence length", config.max_position_embeddings),
+    ]
+    training_rows = []
+    if trainer_state:
+        losses = [e["loss"] for e in trainer_state.get("log_history", []) if "loss" in e]
+        training_rows = [
+            ("optimizer steps", trainer_state.get("global_step")),
+            ("batch size per device", trainer_state.get("train_batch_size")),
+            ("final logged training loss", f"{losses[-1]:.4f}" if losses else "n/a"),
+        ]
+    data_text = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets) or "local Spanish text"
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        example_sentence=widget[0]["text"],
+        total_params=format_count(total),
+        active_params=format_count(active),
+        experts_per_token=config.num_experts_per_tok,
+        num_experts=config.num_experts,
+        hidden_size=config.hidden_size,
+        pooling="[CLS]" if pooling == "cls" else "mean",
+        eval_rows=eval_rows,
+        eval_source=eval_source,
+        mlm_percent=15,
+        architecture_rows=architecture_rows,
+        expert_load_plot=EXPERT_LOAD_FILE,
+        uniform_load=f"{1 / config.num_experts:.3f}",
+        training_text=(
+            f"Masked language modelling (15% of tokens) plus the router's load-balancing loss "
+            f"(coefficient {config.router_aux_loss_coef}) and z-loss (coefficient {config.router_z_loss_coef}), "
+            f"with the Hugging Face Trainer (`run_mlm.py`). Training data: {data_text}."
+        ),
+        loss_curve_plot=LOSS_CURVE_FILE if loss_curve else None,
+        training_rows=training_rows,
+        max_length=min(tokenizer.model_max_length, config.max_position_embeddings),
+        year=date.today().year,
+    )
+    card.save(folder / "README.md")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Export and push
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def export_model(
+    model_dir: str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    eval_results: dict | None = None,
+    eval_files: Sequence[str] | None = None,
+    datasets: Sequence[str] = DEFAULT_DATASETS,
+    pooling: str = "cls",
+    push_to_hub: bool = False,
+    hub_model_id: str | None = None,
+    private: bool = False,
+) -> Path:
+    """Write the Hub repository for the checkpoint in `model_dir` into `output_dir` (default: `model_dir`).
+
+    Held-out metrics for the card come from `eval_results` (run_mlm.py's `eval_*` metrics), else from
+    `eval_files` (measured here), else from `model_dir/eval_results.json` if the Trainer wrote one.
+    Returns the folder; with `push_to_hub` also uploads it to `hub_model_id` (raises HubPushError on failure).
+    """
+    model_dir = Path(model_dir)
+    output_dir = Path(output_dir) if output_dir is not None else model_dir
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+    if push_to_hub and not hub_model_id:
+        raise ValueError("push_to_hub needs hub_model_id, e.g. 'your-name/spanish-moe-bert-mini'")
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no config.json: give a folder saved by run_mlm.py or save_pretrained")
+
+    model = SpanishMoEBertForMaskedLM.from_pretrained(model_dir).eval()
+    tokenizer = SpanishSPMTokenizer.from_pretrained(model_dir)
+    config = model.config
+
+    eval_source = "the run's validation split"
+    if not eval_results and eval_files:
+        eval_results = evaluate_mlm(model, tokenizer, eval_files)
+        eval_source = ", ".join(Path(f).name for f in eval_files)
+    elif not eval_results and (model_dir / "eval_results.json").is_file():
+        eval_results = json.loads((model_dir / "eval_results.json").read_text())
+    trainer_state_path = model_dir / "trainer_state.json"
+    trainer_state = json.loads(trainer_state_path.read_text()) if trainer_state_path.is_file() else None
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=output_dir) as staging_name:
+        staging = Path(staging_name)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        complete_auto_map(staging / "config.json")
+        max_seq_length = min(tokenizer.model_max_length, config.max_position_embeddings)
+        write_sentence_transformers_files(staging, config.hidden_size, max_seq_length, pooling)
+        moe_layers = [i for i, kind in enumerate(config.mlp_layer_types) if kind == "sparse"]
+        if moe_layers:
+            plot_expert_load(expert_load(model, tokenizer, EXPERT_LOAD_TEXTS), moe_layers, staging / EXPERT_LOAD_FILE)
+        loss_curve = plot_loss_curve(trainer_state_path, staging / LOSS_CURVE_FILE)
+        write_model_card(
+            staging,
+            config,
+            tokenizer,
+            hub_model_id or output_dir.resolve().name,
+            eval_results,
+            eval_source,
+            datasets,
+            parameter_counts(model, config),
+            pooling,
+            loss_curve,
+            trainer_state,
+        )
+        move_into(staging, output_dir)
+    logger.info(f"exported a Hub-ready model folder to {output_dir}")
+
+    if push_to_hub:
+        push_folder(output_dir, hub_model_id, private=private)
+    return output_dir
+
+
+def move_into(staging: Path, output_dir: Path) -> None:
+    """Move every staged file over its counterpart in output_dir (os.replace: each file is swapped whole)."""
+    for source in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = output_dir / source.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.replace(target)
+
+
+def network_errors() -> tuple[type[Exception], ...]:
+    """What a failed upload raises: OSError covers huggingface_hub's offline-mode and HTTP errors (authentication,
+    permissions); the transport errors of its HTTP client (httpx or httpx2, by version) cover an unreachable Hub."""
+    errors = [OSError]
+    for client in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except ImportError:
+            continue
+    return tuple(errors)
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Create `repo_id` on the Hub if needed and upload `folder` (without Trainer checkpoints); returns its URL."""
+    folder = Path(folder)
+    try:
+        create_repo(repo_id, private=private, exist_ok=True, token=token)
+        upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message="Upload Spanish MoE-BERT",
+            ignore_patterns=UPLOAD_IGNORE_PATTERNS,
+            token=token,
+        )
+    except network_errors() as error:
+        raise HubPushError(
+            f"could not push {folder} to the Hub repo {repo_id!r}: {type(error).__name__}: {error}. "
+            f"The exported folder {folder} is complete and unchanged; push it later with "
+            f"`python export_model.py {folder} --push_to_hub --hub_model_id {repo_id}` "
+            f"once online and logged in (`hf auth login`)."
+        ) from error
+    url = f"https://huggingface.co/{repo_id}"
+    logger.info(f"pushed {folder} to {url}")
+    return url
