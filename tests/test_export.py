@@ -1,0 +1,227 @@
+"""The Hub export: a complete folder, what a Hub user does with it in a fresh process, and push_to_hub offline."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+import spanish_moe_bert.export as export
+from configuration_spanish_moe_bert import SpanishMoEBertConfig
+from export_model import parse_args
+from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+from tokenization_spanish_moe_bert import SpanishSPMTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data" / "es_corpus_sample.txt"
+EVAL_RESULTS = {"eval_mlm_loss": 6.5, "eval_perplexity": 665.1416, "eval_accuracy": 0.0625, "eval_loss": 6.6}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny model + tokenizer saved like run_mlm.py saves them, with a Trainer log."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    texts = CORPUS.read_text(encoding="utf-8").splitlines()
+    tokenizer = SpanishSPMTokenizer.train_new(texts, vocab_size=2000)
+    config = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json")
+    config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
+    torch.manual_seed(0)
+    SpanishMoEBertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    log_history = [{"step": s, "loss": 8.0 - s / 10} for s in range(10, 60, 10)] + [{"step": 50, "eval_mlm_loss": 3.5}]
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log_history, "global_step": 50}))
+    (folder / "checkpoint-50").mkdir()  # Trainer leftovers must not be uploaded
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory) -> Path:
+    return export.export_model(checkpoint, tmp_path_factory.mktemp("hub") / "spanish-moe-bert-tiny", eval_results=EVAL_RESULTS)
+
+
+def test_folder_is_a_complete_hub_repo(exported):
+    expected = {
+        "config.json", "model.safetensors", "configuration_spanish_moe_bert.py", "modeling_spanish_moe_bert.py",
+        "tokenization_spanish_moe_bert.py", "tokenizer.json", "tokenizer_config.json", "modules.json",
+        "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json", "README.md",
+        "training_loss.png", "expert_load.png",
+    }
+    present = {str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file()}
+    assert expected <= present
+    assert not any(name.startswith(".staging-") for name in os.listdir(exported))
+    auto_map = json.loads((exported / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM",
+                             "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
+    assert "AutoTokenizer" in json.loads((exported / "tokenizer_config.json").read_text())["auto_map"]
+    assert json.loads((exported / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "cosine"
+    pooling = json.loads((exported / "1_Pooling/config.json").read_text())
+    assert pooling["pooling_mode_cls_token"] and not pooling["pooling_mode_mean_tokens"]
+    assert pooling["word_embedding_dimension"] == 64
+    for png in ("training_loss.png", "expert_load.png"):
+        assert (exported / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_card_metadata_and_content(exported):
+    card = ModelCard.load(exported / "README.md")
+    data = card.data.to_dict()
+    assert (data["language"], data["license"], data["library_name"], data["pipeline_tag"]) == (
+        "es", "apache-2.0", "transformers", "fill-mask")
+    assert {"sentence-transformers", "feature-extraction", "mixture-of-experts"} <= set(data["tags"])
+    assert data["datasets"] == list(export.DEFAULT_DATASETS)
+    assert data["widget"] and all("[MASK]" in example["text"] for example in data["widget"])
+    metrics = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"loss": 6.5, "perplexity": 665.1416, "accuracy": 0.0625}
+    for text in ("trust_remote_code=True", 'pipeline("fill-mask"', "expert_load.png", "training_loss.png",
+                 "## Limitations", "## Citation", "| 6.5000 |", "hosted inference"):
+        assert text in card.text, text
+
+
+def test_parameter_counts_leave_out_inactive_experts():
+    config = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json")
+    model = SpanishMoEBertForMaskedLM(config)
+    total, active = export.parameter_counts(model, config)
+    h, i, e, k = config.hidden_size, config.moe_intermediate_size, config.num_experts, config.num_experts_per_tok
+    expert_weights = config.mlp_layer_types.count("sparse") * e * (h * 2 * i + i * h)
+    assert total == sum(p.numel() for p in model.parameters())
+    assert active == total - expert_weights * (e - k) // e
+
+
+def test_metrics_measured_on_a_held_out_file(checkpoint):
+    model = SpanishMoEBertForMaskedLM.from_pretrained(checkpoint)
+    tokenizer = SpanishSPMTokenizer.from_pretrained(checkpoint)
+    metrics = export.evaluate_mlm(model, tokenizer, [str(CORPUS)], max_samples=8)
+    # An untrained model guesses near-uniformly over the 2000-token vocabulary.
+    assert 5.5 < metrics["eval_mlm_loss"] < 9.5
+    assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(metrics["eval_mlm_loss"]).exp().item(), rel=1e-4)
+    assert 0 <= metrics["eval_accuracy"] <= 0.05
+
+
+HUB_USER = textwrap.dedent(
+    """
+    import json, sys, torch
+    from sentence_transformers import SentenceTransformer, util
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    folder = sys.argv[1]
+    # The test venv has the project installed in editable mode; a Hub user has not: drop its import hook.
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+    try:
+        import modeling_spanish_moe_bert
+        raise SystemExit("the project is importable: this is not a Hub user's process")
+    except ImportError:
+        pass
+    result = {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    batch = tokenizer(["Hola, ¿qué tal?", "El perro corre por el campo."], padding=True, return_tensors="pt")
+    result["pooler_shape"] = list(model(**batch).pooler_output.shape)
+
+    fill = pipeline("fill-mask", model=folder, trust_remote_code=True)
+    predictions = fill(f"Madrid es la {fill.tokenizer.mask_token} de España.", top_k=3)
+    result["fill_mask"] = [[p["token_str"], p["score"]] for p in predictions]
+
+    st = SentenceTransformer(folder, trust_remote_code=True)
+    embeddings = st.encode(["El gato duerme.", "Un felino descansa.", "La bolsa cayó hoy."], convert_to_tensor=True)
+    result["st_shape"] = list(embeddings.shape)
+    result["cos_sim"] = util.cos_sim(embeddings, embeddings).tolist()
+    cls = model(**tokenizer(["El gato duerme."], return_tensors="pt")).pooler_output[0]
+    result["st_equals_pooler"] = torch.allclose(st.encode(["El gato duerme."], convert_to_tensor=True)[0], cls, atol=1e-5)
+
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3, trust_remote_code=True)
+    before = classifier.classifier.weight.detach().clone()
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3)
+    loss = classifier(**batch, labels=torch.tensor([0, 2])).loss
+    loss.backward()
+    optimizer.step()
+    result["cls_loss"] = loss.item()
+    result["cls_head_changed"] = not torch.equal(before, classifier.classifier.weight)
+    result["num_labels"] = classifier.config.num_labels
+    print("RESULT" + json.dumps(result))
+    """
+)
+
+
+def test_hub_user_in_a_fresh_process(exported, tmp_path):
+    """Only the exported folder, a process where the project is not importable, no network."""
+    folder = shutil.copytree(exported, tmp_path / "downloaded" / "spanish-moe-bert-tiny")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TOKENIZERS_PARALLELISM="false")
+    script = tmp_path / "hub_user.py"
+    script.write_text(HUB_USER)
+    completed = subprocess.run(
+        [sys.executable, "-P", str(script), str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.split("RESULT", 1)[1])
+    assert result["pooler_shape"] == [2, 64]
+    assert len(result["fill_mask"]) == 3
+    assert all(isinstance(token, str) and 0 < score <= 1 for token, score in result["fill_mask"])
+    assert result["st_shape"] == [3, 64]
+    assert result["cos_sim"][0][0] == pytest.approx(1.0, abs=1e-4)
+    assert all(-1 - 1e-4 <= v <= 1 + 1e-4 for row in result["cos_sim"] for v in row)
+    assert result["st_equals_pooler"]  # [CLS] pooling is the model's pooler_output
+    assert result["num_labels"] == 3 and result["cls_head_changed"]
+    assert torch.isfinite(torch.tensor(result["cls_loss"]))
+
+
+def test_mean_pooling_is_selectable(checkpoint, tmp_path):
+    folder = export.export_model(checkpoint, tmp_path / "mean", pooling="mean", eval_results=EVAL_RESULTS)
+    pooling = json.loads((folder / "1_Pooling/config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        export.export_model(checkpoint, tmp_path / "bad", pooling="max")
+
+
+def test_push_to_hub_uploads_the_exported_folder(checkpoint, tmp_path, monkeypatch):
+    calls = {}
+    monkeypatch.setattr(export, "create_repo", lambda repo_id, **kwargs: calls.setdefault("create", (repo_id, kwargs)))
+    monkeypatch.setattr(export, "upload_folder", lambda **kwargs: calls.setdefault("upload", kwargs))
+    folder = export.export_model(
+        checkpoint, tmp_path / "out", eval_results=EVAL_RESULTS, push_to_hub=True, hub_model_id="me/spanish-moe-bert"
+    )
+    assert calls["create"][0] == "me/spanish-moe-bert" and calls["create"][1]["exist_ok"]
+    assert calls["upload"]["repo_id"] == "me/spanish-moe-bert"
+    assert Path(calls["upload"]["folder_path"]) == folder
+    assert "checkpoint-*" in calls["upload"]["ignore_patterns"]
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == "me/spanish-moe-bert" and 'model="me/spanish-moe-bert"' in card.text
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_push_without_network_fails_clearly_and_keeps_the_folder(exported, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    before = _hashes(exported)
+    with pytest.raises(export.HubPushError, match=r"could not push .* 'me/spanish-moe-bert'.*complete and unchanged"):
+        export.push_folder(exported, "me/spanish-moe-bert")
+    assert _hashes(exported) == before
+
+
+def test_failed_export_leaves_an_existing_folder_as_it_was(exported, monkeypatch):
+    before = _hashes(exported)
+
+    def broken_card(*args, **kwargs):
+        raise RuntimeError("card template broken")
+
+    monkeypatch.setattr(export, "write_model_card", broken_card)
+    with pytest.raises(RuntimeError, match="card template broken"):
+        export.export_model(exported, pooling="mean")
+    assert _hashes(exported) == before
+    assert not any(name.startswith(".staging-") for name in os.listdir(exported))
+
+
+def test_cli_requires_a_repo_id_to_push(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["some/dir", "--push_to_hub"])
+    assert "--push_to_hub needs --hub_model_id" in capsys.readouterr().err
+    assert parse_args(["d", "--datasets"]).datasets == []
