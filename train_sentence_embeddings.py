@@ -30,6 +30,8 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Transfor
 from torch import nn  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
+from modeling_spanish_moe_bert import router_loss  # noqa: E402
+
 from spanish_moe_bert.corpus import iter_corpus  # noqa: E402
 from spanish_moe_bert.pairs import (  # noqa: E402
     HeldOutParagraphs,
@@ -158,10 +160,12 @@ def uses_gradient_cache(loss: nn.Module) -> bool:
 class RouterLossWrapper(nn.Module):
     """A contrastive loss plus the MoE router losses (load balancing, z-loss) of the encoder's forwards.
 
-    The encoder returns ``aux_loss`` and ``z_loss`` with every forward; a forward hook collects them,
-    each weighted by its share of the batch's sentences (anchors, positives and negatives are separate
-    forwards), so the added term is the batch average times the config's coefficients. The two parts
-    are returned as a dict, which SentenceTransformerTrainer sums and logs separately.
+    Sentence Transformers calls the encoder's ``forward`` directly, past module hooks, so forward hooks
+    on its sparse-MoE layers collect each layer's router statistics instead. Each is weighted by
+    1/num_layers (the encoder's ``aux_loss`` is the layer mean) and by its forward's share of the batch's
+    sentences (anchors, positives and negatives are separate forwards), so the added term is
+    ``router_loss(config, outputs)`` of the whole batch. The two parts are returned as a dict, which
+    SentenceTransformerTrainer sums and logs separately.
 
     With a GradCache loss the forwards that carry gradients run inside the backward pass, mini-batch
     by mini-batch, so there each router loss is back-propagated on the spot, scaled like the
@@ -173,32 +177,34 @@ class RouterLossWrapper(nn.Module):
         self.loss = loss
         self.model = model
         encoder = model[0].model
-        self.coefficients = {
-            "aux_loss": weight * encoder.config.router_aux_loss_coef,
-            "z_loss": weight * encoder.config.router_z_loss_coef,
-        }
+        self.config = encoder.config
+        self.weight = weight
         self.cached = uses_gradient_cache(loss)
+        # The class comes from the checkpoint's remote code, so match it by name, not isinstance.
+        moe_layers = [m for m in encoder.modules() if type(m).__name__ == "SpanishMoEBertSparseMoE"]
+        if not moe_layers:
+            logger.warning("the encoder has no sparse MoE layer: no router losses to add")
+        self._num_layers = max(len(moe_layers), 1)
+        self._hooks = [m.register_forward_hook(self._on_moe_forward) for m in moe_layers]
         self._terms: list[torch.Tensor] = []
         self._batch_rows = 1
         self._grad_scale = torch.tensor(1.0)
-        self._hook = encoder.register_forward_hook(self._on_encoder_forward, with_kwargs=True)
 
-    def remove_hook(self) -> None:
+    def remove_hooks(self) -> None:
         """Stop collecting router losses (for a model that outlives this loss)."""
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
 
-    def _on_encoder_forward(self, module, args, kwargs, output):
+    def _on_moe_forward(self, module, inputs, output):
         if not module.training:
             return
-        parts = [c * getattr(output, name) for name, c in self.coefficients.items() if c and getattr(output, name, None) is not None]
-        if not parts:
-            return
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        router_loss = sum(parts) * (input_ids.shape[0] / self._batch_rows)
+        hidden_states, (_, stats) = inputs[0], output
+        share = hidden_states.shape[0] / self._batch_rows / self._num_layers
+        loss = self.weight * share * router_loss(self.config, stats)
         if self.cached and torch.is_grad_enabled():  # GradCache replay, inside backward
-            (router_loss * self._grad_scale).backward(retain_graph=True)
+            (loss * self._grad_scale).backward(retain_graph=True)
         else:
-            self._terms.append(router_loss)
+            self._terms.append(loss)
 
     def _remember_grad_scale(self, grad: torch.Tensor) -> None:
         self._grad_scale = grad.detach()

@@ -1,0 +1,175 @@
+"""The contrastive stage: router losses reach the experts (also through GradCache), and a tiny run
+exports a folder that a fresh process loads with SentenceTransformer(dir, trust_remote_code=True)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from sentence_transformers.sentence_transformer import losses  # noqa: E402
+
+from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
+from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
+from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
+import train_sentence_embeddings as tse  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mlm_checkpoint(tmp_path_factory) -> Path:
+    """A tiny untrained MLM checkpoint folder: model + tokenizer saved with save_pretrained."""
+    folder = tmp_path_factory.mktemp("mlm")
+    lines = (REPO / "data" / "es_corpus_sample.txt").read_text(encoding="utf-8").splitlines()[:1500]
+    tokenizer = SpanishSPMTokenizer.train_new(lines, vocab_size=1000)
+    config = SpanishMoEBertConfig.from_json_file(str(REPO / "configs" / "tiny.json"))
+    config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
+    torch.manual_seed(0)
+    SpanishMoEBertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    # save_pretrained maps only the saved class; the MLM export (issue 5) maps AutoModel too.
+    config_file = folder / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["auto_map"]["AutoModel"] = "modeling_spanish_moe_bert.SpanishMoEBertModel"
+    config_file.write_text(json.dumps(saved, indent=2))
+    return folder
+
+
+def make_args(mlm_checkpoint, **overrides):
+    values = dict(model_name_or_path=str(mlm_checkpoint), max_documents=300, max_seq_length=48)
+    return tse.EmbeddingArguments(**{**values, **overrides})
+
+
+def grads(model, loss, batch, only=""):
+    """The loss parts and the gradients of the parameters named with ``only`` after one backward."""
+    model.zero_grad()
+    parts = loss([dict(f) for f in batch], None)  # fresh dicts: the modules write their outputs into them
+    sum(parts.values()).backward()
+    return parts, {n: p.grad.clone() for n, p in model.named_parameters() if only in n and p.grad is not None}
+
+
+@pytest.fixture(scope="module")
+def batch_and_model(mlm_checkpoint):
+    args = make_args(mlm_checkpoint)
+    model = tse.build_model(args, "mean")
+    model.train()
+    texts = [
+        ["Pulse Aceptar para guardar.", "Abra el menú Formato.", "Seleccione la celda A1.", "Inserte una tabla."],
+        ["Guarde el documento.", "Elija Formato ▸ Celdas.", "La celda activa.", "Tablas de texto."],
+        ["Imprima la página.", "Cierre el diálogo.", "Copie el rango.", "Borre la fila."],
+    ]
+    return model, [model.preprocess(column) for column in texts]
+
+
+def test_router_losses_reach_the_router_weights(batch_and_model):
+    model, batch = batch_and_model
+    loss = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
+    parts, with_router = grads(model, loss, batch, only="router")
+    assert with_router, "no router parameter received a gradient"
+    assert parts["router"].item() > 0 and parts["router"].requires_grad
+    loss.remove_hooks()
+    off = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model, weight=0.0)
+    parts, without = grads(model, off, batch, only="router")
+    off.remove_hooks()
+    assert parts["router"].item() == 0
+    assert any(not torch.allclose(with_router[n], without[n]) for n in with_router)
+
+
+def test_gradcache_gives_the_same_gradients_including_router_losses(batch_and_model):
+    """CachedMNRL + router losses == MNRL + router losses, given the same forwards: one per column.
+
+    (MNRL normally merges the columns into one forward; the load-balancing loss of a merged batch is
+    not the mean of the columns' losses, so the comparison embeds each column on its own.)
+    """
+    from sentence_transformers.base.losses.merged_forward import column_merging_disabled
+
+    model, batch = batch_and_model
+    plain = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
+    with column_merging_disabled():
+        plain_parts, plain_grads = grads(model, plain, batch)
+    plain.remove_hooks()
+    cached = tse.RouterLossWrapper(losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=4), model)
+    cached_parts, cached_grads = grads(model, cached, batch)
+    cached.remove_hooks()
+    assert cached.cached and not plain.cached
+    assert cached_parts["router"].item() == pytest.approx(plain_parts["router"].item(), rel=1e-4)
+    assert cached_parts["contrastive"].item() == pytest.approx(plain_parts["contrastive"].item(), rel=1e-4)
+    assert plain_grads.keys() == cached_grads.keys()
+    for name in plain_grads:
+        difference = (cached_grads[name] - plain_grads[name]).norm()
+        assert difference <= 1e-4 * plain_grads[name].norm() + 1e-9, name
+
+
+def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="--pooling must be one of"):
+        make_args(mlm_checkpoint, pooling="max")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        make_args(tmp_path)
+
+
+def small_dev_set(folder: Path) -> Path:
+    """The first 16 dev queries and 32 passages (their positives among them), to keep the test fast."""
+    folder.mkdir()
+    dev = REPO / "data" / "retrieval_dev"
+    queries = (dev / "queries.jsonl").read_text(encoding="utf-8").splitlines()[:16]
+    positives = [json.dumps({"text": json.loads(q)["positive"]}, ensure_ascii=False) for q in queries]
+    corpus = (dev / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:16]
+    (folder / "queries.jsonl").write_text("\n".join(queries) + "\n", encoding="utf-8")
+    (folder / "corpus.jsonl").write_text("\n".join(positives + corpus) + "\n", encoding="utf-8")
+    shutil.copy(dev / "heldout_paragraphs.txt", folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_tiny_contrastive_run_exports_a_folder_a_fresh_process_loads(mlm_checkpoint, tmp_path):
+    output_dir = tmp_path / "embed"
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text(
+        json.dumps({"anchor": "¿Cómo guardo un documento?", "positive": "Pulse Archivo ▸ Guardar."}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    results = tse.main(
+        [
+            "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(output_dir),
+            "--max_documents", "200", "--max_pairs", "96", "--labelled_pairs", str(labelled),
+            "--max_seq_length", "48", "--pooling", "auto", "--max_steps", "3",
+            "--per_device_train_batch_size", "32", "--mini_batch_size", "16",
+            "--query_prompt", "consulta: ", "--eval_baselines", "false",
+            "--dev_dir", str(small_dev_set(tmp_path / "dev")),
+        ]
+    )  # fmt: skip
+    assert set(results) == {next(iter(results)), "ours after (contrastive)"}
+    assert all(0 <= m["ndcg@10"] <= 1 for m in results.values())
+    report = json.loads((output_dir / "embedding_eval.json").read_text())
+    assert report["pooling"] in ("cls", "mean") and set(report["pooling_candidates"]) == {"cls", "mean"}
+
+    # The Hub user's view: only the folder, a process where the project is not importable.
+    hub_copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(output_dir, hub_copy)
+    script = """
+import sys, json
+from sentence_transformers import SentenceTransformer, util
+model = SentenceTransformer(sys.argv[1], trust_remote_code=True, device="cpu")
+emb = model.encode(["El gato duerme.", "Un gato descansa.", "Abra el menú Formato."])
+query = model.encode_query(["¿Dónde duerme el gato?"])
+print(json.dumps({"shape": list(emb.shape), "cos": util.cos_sim(emb, emb).tolist(), "query": list(query.shape),
+                  "prompts": model.prompts, "modules": type(model[0].model).__module__}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(hub_copy)], cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    hidden = SpanishMoEBertConfig.from_json_file(str(REPO / "configs" / "tiny.json")).hidden_size
+    assert seen["shape"] == [3, hidden] and seen["query"] == [1, hidden]
+    assert seen["cos"][0][0] == pytest.approx(1.0, abs=1e-4)
+    assert seen["prompts"]["query"] == "consulta: "
+    assert "transformers_modules" in seen["modules"]  # the folder's own remote code, not the repo's
