@@ -41,10 +41,12 @@ from spanish_moe_bert.pairs import (  # noqa: E402
     read_labelled_pairs,
 )
 from spanish_moe_bert.retrieval_eval import (  # noqa: E402
+    DATASET_NAME,
     DEV_DIR,
     BM25System,
     EmbeddingSystem,
     compare,
+    eval_results_for_card,
     evaluate_system,
     load_retrieval,
     load_sentence_transformer,
@@ -54,6 +56,14 @@ from spanish_moe_bert.retrieval_eval import (  # noqa: E402
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent
+SIMILARITY_WIDGET = {
+    "source_sentence": "¿Cómo inserto una tabla en el documento?",
+    "sentences": [
+        "Para insertar una tabla, abra el menú Insertar y pulse Tabla.",
+        "Seleccione las celdas que desea ordenar y elija Datos - Ordenar.",
+        "Y dijo Dios: Sea la luz; y fué la luz.",
+    ],
+}
 
 
 @dataclass
@@ -252,21 +262,69 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
     trainer.train()
 
     output_dir = Path(training_args.output_dir)
-    # TODO(export): replace with spanish_moe_bert.export.export_model once it lands, so this folder
-    # gets the same card and files as the MLM export. model.save writes modules.json, 1_Pooling, the
-    # remote code, weights and tokenizer.
-    model.save(str(output_dir))
+    trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # the card's loss curve and steps
+    export_embedding_model(model, args, pooling, output_dir)
 
     results = {f"ours before ({pooling} pooling, MLM only)": before[pooling]}
     systems = [EmbeddingSystem(load_sentence_transformer(output_dir), "ours after (contrastive)")]
     if args.eval_baselines:
         systems += [BM25System(), EmbeddingSystem(load_sentence_transformer(minilm_path()), "all-MiniLM-L6-v2")]
     results.update(compare(systems, dev))
+    table = markdown_table(results, reference="BM25 (bm25s)" if args.eval_baselines else None)
+    add_results_to_card(output_dir, results["ours after (contrastive)"], table, len(train_dataset))
     (output_dir / "embedding_eval.json").write_text(
         json.dumps({"pooling": pooling, "pooling_candidates": before, "results": results}, indent=2) + "\n"
     )
-    print(markdown_table(results, reference="BM25 (bm25s)" if args.eval_baselines else None))
+    print(table)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: the same Hub folder as the MLM export, plus what this stage adds
+
+
+def export_embedding_model(model: SentenceTransformer, args: EmbeddingArguments, pooling: str, output_dir: Path) -> None:
+    """Save the trained encoder under the checkpoint's MLM head and export it like run_mlm.py does.
+
+    The MLM head is the pre-trained one (this stage does not train it), so the folder still loads as
+    every Auto class; then the prompts and training sequence length go into the Sentence Transformers files.
+    """
+    from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+    from spanish_moe_bert.export import export_model
+
+    mlm = SpanishMoEBertForMaskedLM.from_pretrained(args.model_name_or_path)
+    mlm.model.load_state_dict(model[0].model.state_dict())
+    mlm.save_pretrained(output_dir)
+    model.tokenizer.save_pretrained(output_dir)
+    export_model(output_dir, pooling=pooling)
+    settings = output_dir / "config_sentence_transformers.json"
+    st_config = json.loads(settings.read_text())
+    st_config["prompts"] = model.prompts
+    settings.write_text(json.dumps(st_config, indent=2) + "\n")
+    bert_config = output_dir / "sentence_bert_config.json"
+    bert_config.write_text(json.dumps({**json.loads(bert_config.read_text()), "max_seq_length": args.max_seq_length}, indent=2) + "\n")
+
+
+def add_results_to_card(folder: Path, metrics: dict[str, float], table: str, num_pairs: int) -> None:
+    """The dev-set retrieval metrics into the card's model-index, and the comparison as a section."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    card.data.eval_results = (card.data.eval_results or []) + eval_results_for_card(metrics)
+    # What this folder is now for; the MLM head's fill-mask widget would show a head this stage left behind.
+    card.data.pipeline_tag = "sentence-similarity"
+    card.data.widget = [SIMILARITY_WIDGET]
+    section = (
+        "## Sentence embeddings: contrastive stage\n\n"
+        f"After masked-language-model pre-training, the encoder was trained contrastively with Sentence "
+        f"Transformers (`train_sentence_embeddings.py`) on {num_pairs:,} unsupervised pairs from Spanish documents "
+        "(independent crops, neighbouring paragraphs, heading → body) with BM25-mined hard negatives and the "
+        "router losses kept on. The MLM head was not trained in this stage.\n\n"
+        f"Retrieval on held-out Spanish documents ({DATASET_NAME}):\n\n{table}\n\n"
+    )
+    marker = "## Architecture"
+    card.text = card.text.replace(marker, section + marker, 1) if marker in card.text else card.text + "\n" + section
+    card.save(folder / "README.md")
 
 
 def main(argv: list[str] | None = None) -> dict:

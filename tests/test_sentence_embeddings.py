@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -19,13 +20,14 @@ from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
 import train_sentence_embeddings as tse  # noqa: E402
+from spanish_moe_bert.export import export_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def mlm_checkpoint(tmp_path_factory) -> Path:
-    """A tiny untrained MLM checkpoint folder: model + tokenizer saved with save_pretrained."""
+    """A tiny untrained MLM checkpoint folder, exported like run_mlm.py's output."""
     folder = tmp_path_factory.mktemp("mlm")
     lines = (REPO / "data" / "es_corpus_sample.txt").read_text(encoding="utf-8").splitlines()[:1500]
     tokenizer = SpanishSPMTokenizer.train_new(lines, vocab_size=1000)
@@ -34,11 +36,7 @@ def mlm_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     SpanishMoEBertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    # save_pretrained maps only the saved class; the MLM export (issue 5) maps AutoModel too.
-    config_file = folder / "config.json"
-    saved = json.loads(config_file.read_text())
-    saved["auto_map"]["AutoModel"] = "modeling_spanish_moe_bert.SpanishMoEBertModel"
-    config_file.write_text(json.dumps(saved, indent=2))
+    export_model(folder)  # as run_mlm.py leaves its output_dir
     return folder
 
 
@@ -149,6 +147,15 @@ def test_tiny_contrastive_run_exports_a_folder_a_fresh_process_loads(mlm_checkpo
     assert all(0 <= m["ndcg@10"] <= 1 for m in results.values())
     report = json.loads((output_dir / "embedding_eval.json").read_text())
     assert report["pooling"] in ("cls", "mean") and set(report["pooling_candidates"]) == {"cls", "mean"}
+    pooling = json.loads((output_dir / "1_Pooling" / "config.json").read_text())
+    assert pooling[f"pooling_mode_{'cls_token' if report['pooling'] == 'cls' else 'mean_tokens'}"]
+    # the MLM export's folder: every Auto class, the code files, and a card with the retrieval results
+    assert "AutoModelForMaskedLM" in json.loads((output_dir / "config.json").read_text())["auto_map"]
+    assert (output_dir / "modeling_spanish_moe_bert.py").is_file() and (output_dir / "expert_load.png").is_file()
+    card = ModelCard.load(output_dir / "README.md")
+    ndcg = [r.metric_value for r in card.data.eval_results if r.metric_type == "ndcg_at_10"]
+    assert ndcg == [round(results["ours after (contrastive)"]["ndcg@10"], 4)]
+    assert "## Sentence embeddings: contrastive stage" in card.text
 
     # The Hub user's view: only the folder, a process where the project is not importable.
     hub_copy = tmp_path / "elsewhere" / "model"
