@@ -12,7 +12,9 @@ corpus (forward, backward, AdamW step), in alternating rounds so that machine no
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import sys
 import time
 from itertools import islice
@@ -69,8 +71,8 @@ def main():
     parser.add_argument("--model_config", default=str(REPO / "configs" / "mini.json"))
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny run: 2 rounds of 2 steps at batch 4")
     parser.add_argument("--output", help="results JSON (default benchmarks/results/bench_train[_quick].json)")
@@ -89,17 +91,19 @@ def main():
         model = SpanishMoEBertForMaskedLM(model_config).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         train_steps(model, optimizer, batches[: args.warmup])
-        runs[name] = {"model": model, "optimizer": optimizer, "seconds": 0.0}
+        runs[name] = {"model": model, "optimizer": optimizer, "round_seconds": []}
     for _ in range(args.rounds):  # alternate, so drift in machine speed affects both
         for run in runs.values():
-            run["seconds"] += train_steps(run["model"], run["optimizer"], batches[args.warmup :])
+            run["round_seconds"].append(train_steps(run["model"], run["optimizer"], batches[args.warmup :]))
 
-    tokens = args.rounds * args.steps * args.batch_size * args.seq_len
+    # The median round: robust to other processes stealing the CPU for a while.
+    tokens_per_round = args.steps * args.batch_size * args.seq_len
     results = {
         name: {
             "total_parameters": run["model"].num_parameters(),
             "active_parameters": active_parameters(run["model"]),
-            "tokens_per_second": tokens / run["seconds"],
+            "tokens_per_second": tokens_per_round / statistics.median(run["round_seconds"]),
+            "round_seconds": run["round_seconds"],
         }
         for name, run in runs.items()
     }
@@ -107,7 +111,8 @@ def main():
         result["relative_to_dense"] = result["tokens_per_second"] / results["dense twin"]["tokens_per_second"]
 
     print(f"\nTraining throughput, {Path(args.model_config).name}, CPU ({torch.get_num_threads()} threads), "
-          f"batch {args.batch_size} x {args.seq_len} tokens, {args.rounds} x {args.steps} steps each\n")  # fmt: skip
+          f"batch {args.batch_size} x {args.seq_len} tokens, median of {args.rounds} rounds of {args.steps} steps, "
+          f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
     print("| model | total params | active params | tokens/s | vs dense twin |")
     print("|---|---:|---:|---:|---:|")
     for name, r in results.items():
@@ -119,8 +124,8 @@ def main():
     output.write_text(json.dumps({
         "benchmark": "bench_train", "model_config": Path(args.model_config).name, "quick": args.quick,
         "device": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "seq_len": args.seq_len, "batch_size": args.batch_size,
-        "timed_steps": args.rounds * args.steps, "results": results,
+        "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "rounds": args.rounds, "steps_per_round": args.steps, "results": results,
     }, indent=2) + "\n")  # fmt: skip
     print(f"\nwrote {output}")
 

@@ -111,7 +111,9 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     assert len(train_logs) == 6
     for key in ("router/aux_loss", "router/z_loss", "router/layer_0/load_entropy", "router/layer_0/max_load"):
         assert key in train_logs[-1]
-    assert any(key.startswith("dyt/") for key in train_logs[-1])
+    assert any(key.startswith("dyt/") and key.endswith(".alpha") for key in train_logs[-1])
+    eval_logs = [h for h in history if "eval_loss" in h]
+    assert any(key.startswith("eval_dyt/") and key.endswith(".saturation") for key in eval_logs[-1])
     assert list(output_dir.glob("runs/*/events.out.tfevents.*"))
     # The final model and tokenizer are in output_dir itself and load back.
     model = SpanishMoEBertForMaskedLM.from_pretrained(output_dir)
@@ -154,7 +156,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer_d
 
 def test_bad_record_mid_stream_names_file_and_line_and_keeps_checkpoints(tmp_path, tokenizer_dir):
     good = tmp_path / "good.txt"
-    good.write_text("\n".join(SAMPLE.read_text(encoding="utf-8").splitlines()[:40]) + "\n")
+    good.write_text("\n".join(SAMPLE.read_text(encoding="utf-8").splitlines()[:15]) + "\n")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hola mundo"}\n' * 5 + '{"texto": "sin campo"}\n')
     output_dir = tmp_path / "run"
