@@ -1,0 +1,251 @@
+"""Shared pieces of the side-by-side benchmarks (bench_encoder, bench_quality, bench_ablations).
+
+Every comparison builds the anchors from our config so that they match it where the issue asks:
+same hidden size, layers, heads and vocabulary, and the same *active* feed-forward parameters per token.
+Our active FFN is `num_experts_per_tok` SwiGLU experts of width `moe_intermediate_size`, i.e. 3 * H * k * I
+weights; ModernBERT's GLU MLP (Wi: H -> 2I', Wo: I' -> H) matches with I' = k * I, and BERT's plain MLP
+(H -> I' -> H) with I' = 1.5 * k * I.
+"""
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from transformers import BertConfig, ModernBertConfig  # noqa: E402
+
+from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
+from spanish_moe_bert.corpus import iter_texts  # noqa: E402
+from spanish_moe_bert.data import pack_documents  # noqa: E402
+from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
+
+CORPUS = REPO / "data" / "es_corpus_sample.txt"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def paragraphs(path: Path = CORPUS) -> list[str]:
+    return [text for text in iter_texts(path) if text.strip()]
+
+
+def train_tokenizer(vocab_size: int = 8000):
+    """The one tokenizer every contender uses: SentencePiece-unigram trained on the bundled corpus."""
+    return SpanishSPMTokenizer.train_new(iter_texts(CORPUS), vocab_size=vocab_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configs: ours, its dense twin, and the two anchors matched to it
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def our_config(path: str | Path, tokenizer, **overrides) -> SpanishMoEBertConfig:
+    config = SpanishMoEBertConfig.from_json_file(str(path))
+    values = config.to_dict() | overrides | {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    if "attention_pattern" in overrides:
+        values["attention_types"] = None  # re-derive the per-layer types from the new pattern
+    if "num_hidden_layers" in overrides:
+        values["attention_types"] = values["mlp_layer_types"] = None
+    return SpanishMoEBertConfig.from_dict(values)
+
+
+def active_ffn_width(config: SpanishMoEBertConfig) -> int:
+    return config.num_experts_per_tok * config.moe_intermediate_size
+
+
+def dense_twin(config: SpanishMoEBertConfig) -> SpanishMoEBertConfig:
+    """Same model, every sparse layer replaced by one SwiGLU as wide as the experts active per token."""
+    return SpanishMoEBertConfig.from_dict(
+        config.to_dict()
+        | {"mlp_layer_types": ["dense"] * config.num_hidden_layers, "intermediate_size": active_ffn_width(config)}
+    )
+
+
+def modernbert_config(config: SpanishMoEBertConfig, tokenizer) -> ModernBertConfig:
+    """ModernBERT as designed (GeGLU, pre-LayerNorm, RoPE, local/global attention), at our shapes."""
+    return ModernBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=active_ffn_width(config),  # GLU: 3 * H * I weights, as our active experts
+        max_position_embeddings=config.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+
+
+def bert_config(config: SpanishMoEBertConfig, tokenizer) -> BertConfig:
+    """Classic BERT (post-LayerNorm, GELU MLP, learned positions) at our shapes."""
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=3 * active_ffn_width(config) // 2,  # plain MLP: 2 * H * I weights
+        max_position_embeddings=config.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def active_parameters(model: torch.nn.Module) -> int:
+    """Parameters a token passes through: all of them, minus the experts it is not routed to."""
+    total = sum(p.numel() for p in model.parameters())
+    config = model.config
+    if getattr(config, "model_type", None) != "spanish_moe_bert":
+        return total
+    sparse_layers = sum(kind == "sparse" for kind in config.mlp_layer_types)
+    idle_experts = config.num_experts - config.num_experts_per_tok
+    return total - sparse_layers * idle_experts * 3 * config.hidden_size * config.moe_intermediate_size
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MLM data: one fixed, pre-masked sequence of batches for every contender
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def packed_blocks(texts: list[str], tokenizer, seq_len: int) -> torch.Tensor:
+    """`[CLS] ... [SEP]` blocks of exactly `seq_len` tokens (documents concatenated, [SEP]-separated)."""
+    return torch.tensor(pack_documents({"text": texts}, tokenizer, seq_len)["input_ids"])
+
+
+def mask_blocks(blocks: torch.Tensor, tokenizer, probability: float, generator: torch.Generator) -> dict:
+    """BERT masking (80% [MASK], 10% random, 10% kept) drawn from `generator`: identical for every model."""
+    labels = blocks.clone()
+    special = torch.isin(blocks, torch.tensor(tokenizer.all_special_ids))
+    chosen = (torch.rand(blocks.shape, generator=generator) < probability) & ~special
+    labels[~chosen] = -100
+    inputs = blocks.clone()
+    replace = chosen & (torch.rand(blocks.shape, generator=generator) < 0.8)
+    inputs[replace] = tokenizer.mask_token_id
+    randomize = chosen & ~replace & (torch.rand(blocks.shape, generator=generator) < 0.5)
+    inputs[randomize] = torch.randint(len(tokenizer), blocks.shape, generator=generator)[randomize]
+    return {"input_ids": inputs, "attention_mask": torch.ones_like(blocks), "labels": labels}
+
+
+def mlm_data(tokenizer, seq_len: int, batch_size: int, seed: int = 0, held_out_every: int = 20):
+    """Training batches (paragraphs in a seeded random order, masked once) and a held-out set (every n-th paragraph)."""
+    texts = paragraphs()
+    held_out = [t for i, t in enumerate(texts) if i % held_out_every == 0]
+    train = [t for i, t in enumerate(texts) if i % held_out_every]
+    generator = torch.Generator().manual_seed(seed)
+    train = [train[i] for i in torch.randperm(len(train), generator=generator).tolist()]
+    blocks = packed_blocks(train, tokenizer, seq_len)
+    blocks = blocks[: len(blocks) // batch_size * batch_size]
+    batches = [mask_blocks(b, tokenizer, 0.15, generator) for b in blocks.split(batch_size)]
+    eval_blocks = packed_blocks(held_out, tokenizer, seq_len)
+    eval_batches = [mask_blocks(b, tokenizer, 0.15, generator) for b in eval_blocks.split(batch_size)]
+    return batches, eval_batches
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shared training loop: round-robin over the contenders, so machine noise hits all alike
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def mlm_logits_loss(model, batch) -> torch.Tensor:
+    """The training objective: each model's own loss (ours adds its router losses to the MLM loss)."""
+    return model(**batch).loss
+
+
+@torch.inference_mode()
+def evaluate(model, eval_batches) -> dict:
+    """Held-out MLM loss (cross-entropy on the masked tokens only, no router losses) and masked-token accuracy."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for batch in eval_batches:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"]
+        masked = labels != -100
+        logits, labels = logits[masked].float(), labels[masked]
+        loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(-1) == labels).sum().item()
+        count += labels.numel()
+    model.train()
+    return {"eval_loss": loss_sum / count, "eval_accuracy": correct / count}
+
+
+def train_side_by_side(
+    factories: dict,
+    batches: list[dict],
+    eval_batches: list[dict],
+    steps: int,
+    eval_every: int,
+    lr: float = 1e-3,
+    warmup_fraction: float = 0.1,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """Train every model on the same batches in the same order with the same AdamW + linear warmup/decay,
+    `eval_every` steps at a time each in turn. Wall time counts only each model's own training steps."""
+    runs = {}
+    for name, factory in factories.items():
+        torch.manual_seed(seed)  # same init RNG stream for every contender
+        model = factory().train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+        warmup = max(1, int(steps * warmup_fraction))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
+        )
+        curve = [{"step": 0, "tokens": 0, "seconds": 0.0, **evaluate(model, eval_batches)}]
+        runs[name] = {"model": model, "optimizer": optimizer, "schedule": schedule, "curve": curve, "seconds": 0.0}
+        log(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+            f"initial eval loss {curve[0]['eval_loss']:.3f}")  # fmt: skip
+
+    tokens_per_step = batches[0]["input_ids"].numel()
+    for start in range(0, steps, eval_every):
+        chunk = range(start, min(start + eval_every, steps))
+        for name, run in runs.items():
+            model, optimizer, schedule = run["model"], run["optimizer"], run["schedule"]
+            began = time.perf_counter()
+            for step in chunk:
+                loss = mlm_logits_loss(model, batches[step % len(batches)])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            run["seconds"] += time.perf_counter() - began
+            done = chunk[-1] + 1
+            point = {"step": done, "tokens": done * tokens_per_step, "seconds": run["seconds"], "train_loss": loss.item()}
+            run["curve"].append(point | evaluate(model, eval_batches))
+            log(f"step {done:5d} {name:>12}: train {point['train_loss']:.3f}  eval {run['curve'][-1]['eval_loss']:.3f}  "
+                f"acc {run['curve'][-1]['eval_accuracy']:.3f}  {run['seconds']:.0f}s")  # fmt: skip
+    return {
+        name: {
+            "total_parameters": sum(p.numel() for p in run["model"].parameters()),
+            "active_parameters": active_parameters(run["model"]),
+            "train_seconds": run["seconds"],
+            "tokens_per_second": steps * tokens_per_step / run["seconds"],
+            "final": run["curve"][-1],
+            "curve": run["curve"],
+        }
+        for name, run in runs.items()
+    }
+
+
+def machine() -> dict:
+    return {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def machine_line() -> str:
+    m = machine()
+    return (f"CPU ({m['processor']}, {m['threads']} torch threads on {m['cpu_count']} cores, shared), "
+            f"torch {m['torch']}, load average {m['load_average_1min']:.1f}")  # fmt: skip
