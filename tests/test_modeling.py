@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import modeling_spanish_moe_bert as modeling
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import (
     SpanishMoEBertForMaskedLM,
@@ -175,14 +176,19 @@ def naive_moe(moe: SpanishMoEBertSparseMoE, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def test_moe_dispatch_matches_naive_reference_values_and_gradients():
+@pytest.mark.parametrize("padding_factor", [0.0, 100.0], ids=["packed-grouped-gemm", "padded-bmm"])
+def test_moe_dispatch_matches_naive_reference_values_and_gradients(padding_factor, monkeypatch):
+    monkeypatch.setattr(modeling, "MAX_PADDING_FACTOR", padding_factor)
     torch.manual_seed(0)
     config = make_config(num_experts=6, num_experts_per_tok=3)
     moe = SpanishMoEBertSparseMoE(config)
     for p in moe.parameters():
         torch.nn.init.normal_(p, std=0.2)
     x = torch.randn(2, 9, config.hidden_size, requires_grad=True)
-    fast, _ = moe(x)
+    fast, stats = moe(x)
+    layout = modeling.expert_layout(moe.router(x.reshape(-1, config.hidden_size))[3].reshape(-1), 6)
+    assert (layout.capacity is not None) == (padding_factor > 1)
+    assert torch.allclose(stats.expert_load.sum(), torch.tensor(1.0))
     grads_fast = torch.autograd.grad(fast.square().sum(), [x, *moe.parameters()])
     slow = naive_moe(moe, x.reshape(-1, config.hidden_size)).view_as(fast)
     grads_slow = torch.autograd.grad(slow.square().sum(), [x, *moe.parameters()])

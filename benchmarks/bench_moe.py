@@ -1,0 +1,158 @@
+"""MoE layer cost, side by side in one run, as ratios to a dense SwiGLU of the same active FLOPs.
+
+Contenders at equal shapes (hidden 1024, 32 experts of width 88, top-4: the default config):
+  ours            SpanishMoEBertSparseMoE (sort by expert + grouped GEMM)
+  dense           SwiGLU of width top_k * moe_intermediate_size (same FLOPs per token, no routing)
+  naive loop      one masked gather / matmul / index_add per expert (the classic reference loop)
+  qwen3 <impl>    transformers' Qwen3MoeSparseMoeBlock with each experts implementation it offers
+
+Timings interleave the contenders round by round and report the median, so machine noise hits all alike.
+
+    python benchmarks/bench_moe.py --quick          # 4096 tokens, about a minute on 2 cores
+    python benchmarks/bench_moe.py                  # 512 / 4096 / 16384 tokens
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
+from modeling_spanish_moe_bert import SpanishMoEBertMLP, SpanishMoEBertSparseMoE  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MAX_GATHER_BYTES = 3 * 2**30
+
+
+class NaiveLoopMoE(nn.Module):
+    """Reference dispatch: for every expert, find its tokens with a mask, run them, add them back."""
+
+    def __init__(self, moe: SpanishMoEBertSparseMoE):
+        super().__init__()
+        self.moe = moe
+
+    def forward(self, hidden_states):
+        b, t, h = hidden_states.shape
+        x = hidden_states.reshape(-1, h)
+        _, _, top_w, top_idx = self.moe.router(x)
+        y = torch.zeros_like(x)
+        for e in range(self.moe.num_experts):
+            token, slot = torch.where(top_idx == e)
+            gate, up = (x[token] @ self.moe.experts.gate_up_proj[e]).chunk(2, dim=-1)
+            out = (F.silu(gate) * up) @ self.moe.experts.down_proj[e]
+            y.index_add_(0, token, (out * top_w[token, slot, None].to(out.dtype)).to(y.dtype))
+        return y.view(b, t, h)
+
+
+def qwen3_block(config: SpanishMoEBertConfig, implementation: str) -> nn.Module:
+    from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+    qconfig = Qwen3MoeConfig(
+        hidden_size=config.hidden_size,
+        moe_intermediate_size=config.moe_intermediate_size,
+        num_experts=config.num_experts,
+        num_experts_per_tok=config.num_experts_per_tok,
+        norm_topk_prob=True,
+    )
+    qconfig._experts_implementation = implementation
+    block = Qwen3MoeSparseMoeBlock(qconfig)
+    for p in block.parameters():
+        nn.init.normal_(p, std=0.02)
+    return block
+
+
+def batched_mm_bytes(config: SpanishMoEBertConfig, tokens: int) -> int:
+    """batched_mm gathers each routed slot's expert weights: (tokens * top_k, hidden, 2 * width) floats."""
+    return tokens * config.num_experts_per_tok * config.hidden_size * 3 * config.moe_intermediate_size * 4
+
+
+def contenders(config: SpanishMoEBertConfig) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    ours = SpanishMoEBertSparseMoE(config)
+    for p in ours.parameters():
+        nn.init.normal_(p, std=0.02)
+    dense = SpanishMoEBertMLP(config, intermediate_size=config.num_experts_per_tok * config.moe_intermediate_size)
+    models = {"ours": ours, "dense (same active FLOPs)": dense, "naive per-expert loop": NaiveLoopMoE(ours)}
+    for impl in ("eager", "grouped_mm", "batched_mm"):
+        models[f"transformers Qwen3MoeSparseMoeBlock ({impl})"] = qwen3_block(config, impl)
+    return models
+
+
+def run_once(model: nn.Module, x: torch.Tensor, backward: bool) -> float:
+    x = x.detach().requires_grad_(backward)
+    start = time.perf_counter()
+    out = model(x)
+    out = out[0] if isinstance(out, tuple) else out
+    if backward:
+        out.float().square().mean().backward()
+    return time.perf_counter() - start
+
+
+def bench(tokens: int, hidden: int, dtype: torch.dtype, backward: bool, rounds: int, models: dict[str, nn.Module]):
+    x = torch.randn(1, tokens, hidden)
+    times = {name: [] for name in models}
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else torch.autocast("cpu", enabled=False)
+    with ctx:
+        for name, model in models.items():  # warm-up
+            run_once(model, x, backward)
+        for _ in range(rounds):
+            for name, model in models.items():
+                model.zero_grad(set_to_none=True)
+                times[name].append(run_once(model, x, backward))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="4096 tokens, fewer rounds")
+    parser.add_argument("--tokens", type=int, nargs="+", default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    tokens_list = args.tokens or ([4096] if args.quick else [512, 4096, 16384])
+    rounds = args.rounds or (3 if args.quick else 5)
+
+    config = SpanishMoEBertConfig()
+    models = contenders(config)
+    rows = []
+    for tokens in tokens_list:
+        for dtype in (torch.float32, torch.bfloat16):
+            for backward in (False, True):
+                run = dict(models)
+                if batched_mm_bytes(config, tokens) > MAX_GATHER_BYTES:  # would be OOM-killed on 24 GB
+                    del run["transformers Qwen3MoeSparseMoeBlock (batched_mm)"]
+                medians = bench(tokens, config.hidden_size, dtype, backward, rounds, run)
+                dense = medians["dense (same active FLOPs)"]
+                for name, seconds in medians.items():
+                    rows.append(dict(tokens=tokens, dtype=str(dtype).removeprefix("torch."),
+                                     pass_="fwd+bwd" if backward else "fwd", contender=name,
+                                     ms=round(seconds * 1e3, 2), x_dense=round(seconds / dense, 2)))  # fmt: skip
+                print(f"done: {tokens} tokens {dtype} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr)
+
+    header = "| tokens | dtype | pass | contender | ms | × dense |\n|---:|---|---|---|---:|---:|"
+    lines = [f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows]
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print(f"MoE layer: hidden {config.hidden_size}, {config.num_experts} experts × {config.moe_intermediate_size}, "
+          f"top-{config.num_experts_per_tok}; {machine}\n")  # fmt: skip
+    print("\n".join([header, *lines]))
+    skipped = [t for t in tokens_list if batched_mm_bytes(config, t) > MAX_GATHER_BYTES]
+    if skipped:
+        print(f"\nQwen3 batched_mm left out at {skipped} tokens: it would gather "
+              f"{batched_mm_bytes(config, max(skipped)) / 2**30:.0f} GiB of per-token expert weights.")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("moe_quick.json" if args.quick else "moe.json")
+    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
