@@ -24,7 +24,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     r"""
     Configuration of a [`SpanishMoEBertModel`]. The defaults are the published architecture: 24 layers of
     hidden size 1024 with 16 heads, RoPE, a sparse MoE of 32 SwiGLU experts with 4 active per token in
-    every layer, DyT normalization and a 50k vocabulary: 339.5M parameters in total, 127.6M of them active
+    every layer, DyT normalization and a 50k vocabulary: 338.1M parameters in total, 156.4M of them active
     per token (see the README for how they are counted).
 
     Attention (one type per layer, from `attention_types` or else `attention_pattern` repeated):
