@@ -20,7 +20,6 @@ import importlib
 import json
 import logging
 import math
-import shutil
 import tempfile
 from collections.abc import Sequence
 from datetime import date
@@ -37,6 +36,8 @@ from modeling_spanish_moe_bert import (
     SpanishMoEBertForTokenClassification,
     SpanishMoEBertModel,
 )
+from spanish_moe_bert.data import MaskingCollator, local_documents, masked_eval_set, tokenize_stream
+from spanish_moe_bert.training import perplexity
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,6 @@ def evaluate_mlm(
     batch_size: int = 16,
 ) -> dict[str, float]:
     """Held-out MLM loss, perplexity and masked-token accuracy on local files, masked as run_mlm.py masks them."""
-    from spanish_moe_bert.data import MaskingCollator, local_documents, masked_eval_set, tokenize_stream
-    from spanish_moe_bert.training import perplexity
-
     blocks = tokenize_stream(local_documents(list(eval_files)), tokenizer, max_seq_length)
     examples = masked_eval_set(blocks, tokenizer, mlm_probability, max_samples, seed)
     collate = MaskingCollator.for_tokenizer(tokenizer, mlm_probability)
@@ -411,14 +409,14 @@ def export_model(
             staging,
             config,
             tokenizer,
-            hub_model_id or output_dir.resolve().name,
-            eval_results,
-            eval_source,
-            datasets,
-            parameter_counts(model, config),
-            pooling,
-            loss_curve,
-            trainer_state,
+            repo_id=hub_model_id or output_dir.resolve().name,
+            eval_results=eval_results,
+            eval_source=eval_source,
+            datasets=datasets,
+            params=parameter_counts(model, config),
+            pooling=pooling,
+            loss_curve=loss_curve,
+            trainer_state=trainer_state,
         )
         move_into(staging, output_dir)
     logger.info(f"exported a Hub-ready model folder to {output_dir}")
