@@ -48,6 +48,7 @@ from spanish_moe_bert.data import (
     split_by_document,
     tokenize_stream,
 )
+from spanish_moe_bert.export import export_model
 from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, logits_to_predictions, mlm_metrics
 
 logger = logging.getLogger("run_mlm")
@@ -325,12 +326,7 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
 
 def export(training_args, metrics: dict, push_to_hub: bool) -> None:
     """Complete output_dir as a Hub model repo (Sentence Transformers files, model card with these metrics) and
-    push it if asked. The export itself is `spanish_moe_bert.export` (issue 5)."""
-    try:
-        from spanish_moe_bert.export import export_model
-    except ImportError:  # TODO(issue 5): remove once spanish_moe_bert/export.py has landed
-        logger.warning("spanish_moe_bert.export is not available yet: output_dir holds the model, not the Hub export")
-        return
+    push it if asked."""
     export_model(
         training_args.output_dir,
         eval_results=metrics,

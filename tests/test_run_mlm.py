@@ -120,6 +120,8 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
     assert model.config.vocab_size == len(tokenizer) == 512
     assert metrics["train_loss"] < math.log(512) + 1
+    # ... and output_dir is the Hub export (spanish_moe_bert.export), with this run's metrics in the card.
+    assert (output_dir / "modules.json").is_file() and (output_dir / "README.md").is_file()
 
 
 def test_trains_its_own_tokenizer_when_none_is_given(tmp_path):
