@@ -577,6 +577,8 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False  # MLA's value head differs from its query/key head
     _supports_flex_attn = False
     _supports_attention_backend = True
+    # Losses are per-batch means: the Trainer must divide them over gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module: nn.Module):
         std = self.config.initializer_range
