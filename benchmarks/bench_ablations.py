@@ -6,6 +6,7 @@ Each variant changes one thing of the base config (DyT, attention pattern mha/gq
   attention       all-MHA vs all-GQA vs all-MLA vs the default mix
   top-k           1 / 2 / 4 experts per token (changes the active parameters: that is the trade-off measured)
   experts         8 vs 32 (same active parameters, 4x the expert parameters)
+  diagnostic      DyT with the embedding output scaled to std 1 (see SCALED_EMBEDDINGS)
 
 All variants train with the same tokenizer, pre-masked batches, order, tokens and optimizer as bench_quality
 (the shared loop in harness.py, models in turn so machine noise hits all alike) and are scored on the same
@@ -38,7 +39,20 @@ VARIANTS = {  # name -> (group, config overrides)
     "top-1": ("top-k", {"num_experts_per_tok": 1}),
     "top-4": ("top-k", {"num_experts_per_tok": 4}),
     "32 experts": ("experts", {"num_experts": 32}),
+    "dyt, embeddings scaled to std 1": ("diagnostic", {}),
 }
+# Diagnostic, not an architecture option: DyT does not normalise, so with embeddings initialised at std 0.02 every
+# DyT output starts at ~alpha * 0.02 and the network starts with almost no signal. Scaling the embedding output by
+# 1 / initializer_range (a forward hook, the tied decoder is untouched) tests whether that is what slows DyT down.
+SCALED_EMBEDDINGS = "dyt, embeddings scaled to std 1"
+
+
+def build_variant(name: str, config):
+    model = SpanishMoEBertForMaskedLM(config)
+    if name == SCALED_EMBEDDINGS:
+        scale = 1.0 / config.initializer_range
+        model.model.embeddings.register_forward_hook(lambda module, args, output: output * scale)
+    return model
 MODES = {  # config, seq_len, batch, steps, eval_every
     "quick": ("tiny.json", 64, 16, 24, 12),
     "full": ("mini.json", 128, 16, 200, 50),
@@ -69,7 +83,7 @@ def main():
         name: harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128), **overrides)
         for name, (_, overrides) in VARIANTS.items()
     }
-    factories = {name: (lambda c=c: SpanishMoEBertForMaskedLM(c)) for name, c in configs.items()}
+    factories = {name: (lambda name=name, c=c: build_variant(name, c)) for name, c in configs.items()}
     results = harness.train_side_by_side(factories, batches, eval_batches, steps=steps, eval_every=eval_every, lr=args.lr)
 
     tokens = steps * batch_size * seq_len

@@ -6,14 +6,15 @@ Contenders (random weights, eval mode, inference_mode), at the shapes of our con
   dense twin   the same with one SwiGLU per layer as wide as the experts active per token
   modernbert   transformers' ModernBertModel, GLU width = our active FFN width
   bert         transformers' BertModel, MLP width 1.5x (same active FFN parameters)
+  moe, all-MHA diagnostic: our MoE with multi-head attention in every layer (no GQA/MLA)
 
 Input: paragraphs of the bundled corpus in a seeded random order, batches of 32, each padded to its longest
 paragraph (at most 512 tokens). tokens/s counts real (non-padding) tokens. Every model sees the same padded
 batches: our MoE already skips padding tokens in the experts; transformers v5's ModernBertModel no longer
 unpads (its varlen path needs flash-attention on a GPU), so on CPU it attends over padding like BERT does.
 
-Timing interleaves the models round by round (each round: all batches through one model, then the next) and
-reports the median round. Peak memory is measured in a fresh process per model: resident-set size (psutil RSS,
+Timing interleaves the models batch by batch (each batch through every model in turn) and reports the median
+over rounds of the summed batch times. Peak memory is measured in a fresh process per model: resident-set size (psutil RSS,
 sampled every millisecond by a thread) while the batches run, minus the RSS just before (weights and inputs
 already loaded): the activation memory of inference, as the OS sees it. tracemalloc would miss torch's
 allocations, which do not go through Python's allocator.
@@ -47,7 +48,7 @@ from modeling_spanish_moe_bert import SpanishMoEBertModel  # noqa: E402
 MODEL_CLASSES = {"spanish_moe_bert": SpanishMoEBertModel, "modernbert": ModernBertModel, "bert": BertModel}
 CONFIG_CLASSES = {"spanish_moe_bert": SpanishMoEBertConfig, "modernbert": ModernBertConfig, "bert": BertConfig}
 MODES = {  # config, layers (None: as in the file), batches, rounds
-    "quick": ("mini.json", None, 4, 3),
+    "quick": ("mini.json", None, 4, 5),
     "full": ("large.json", 6, 8, 3),
 }
 
@@ -58,6 +59,8 @@ def contender_configs(config, tokenizer) -> dict:
         "dense twin": harness.dense_twin(config),
         "modernbert": harness.modernbert_config(config, tokenizer),
         "bert": harness.bert_config(config, tokenizer),
+        # Diagnostic: our MoE with MHA in every layer, to show what the MLA/GQA layers cost here.
+        "moe, all-MHA": SpanishMoEBertConfig.from_dict(config.to_dict() | {"attention_types": ["mha"] * config.num_hidden_layers}),
     }
 
 
@@ -123,7 +126,7 @@ def measure_memory(config_dict: dict, batches: list[dict]) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="mini config, 4 batches, 3 rounds")
+    parser.add_argument("--quick", action="store_true", help="mini config, 4 batches, 5 rounds")
     parser.add_argument("--model_config", help="our config JSON (default: mini in --quick, else large.json)")
     parser.add_argument("--num_layers", type=int, help="override num_hidden_layers (full mode: 6)")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -149,9 +152,12 @@ def main():
     for model in models.values():
         run_batches(model, batches[:1])  # warm-up
     seconds = {name: [] for name in models}
-    for _ in range(rounds):  # interleaved, so drift in machine speed hits every model alike
-        for name, model in models.items():
-            seconds[name].append(run_batches(model, batches))
+    for _ in range(rounds):  # interleaved batch by batch, so drift in machine speed hits every model alike
+        for name in models:
+            seconds[name].append(0.0)
+        for batch in batches:
+            for name, model in models.items():
+                seconds[name][-1] += run_batches(model, [batch])
     params = {name: (sum(p.numel() for p in m.parameters()), harness.active_parameters(m)) for name, m in models.items()}
     del models
     gc.collect()

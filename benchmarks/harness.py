@@ -152,7 +152,7 @@ def mlm_data(tokenizer, seq_len: int, batch_size: int, seed: int = 0, held_out_e
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def mlm_logits_loss(model, batch) -> torch.Tensor:
+def training_loss(model, batch) -> torch.Tensor:
     """The training objective: each model's own loss (ours adds its router losses to the MLM loss)."""
     return model(**batch).loss
 
@@ -186,8 +186,8 @@ def train_side_by_side(
     seed: int = 0,
     log=print,
 ) -> dict:
-    """Train every model on the same batches in the same order with the same AdamW + linear warmup/decay,
-    `eval_every` steps at a time each in turn. Wall time counts only each model's own training steps."""
+    """Train every model on the same batches in the same order with the same AdamW + linear warmup/decay, one
+    step each in turn; evaluate all every `eval_every` steps. Wall time counts only each model's own steps."""
     runs = {}
     for name, factory in factories.items():
         torch.manual_seed(seed)  # same init RNG stream for every contender
@@ -203,24 +203,25 @@ def train_side_by_side(
             f"initial eval loss {curve[0]['eval_loss']:.3f}")  # fmt: skip
 
     tokens_per_step = batches[0]["input_ids"].numel()
-    for start in range(0, steps, eval_every):
-        chunk = range(start, min(start + eval_every, steps))
-        for name, run in runs.items():
+    for step in range(steps):
+        for name, run in runs.items():  # one step each in turn: load from other processes hits all alike
             model, optimizer, schedule = run["model"], run["optimizer"], run["schedule"]
             began = time.perf_counter()
-            for step in chunk:
-                loss = mlm_logits_loss(model, batches[step % len(batches)])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
+            run["loss"] = training_loss(model, batches[step % len(batches)])
+            run["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
             run["seconds"] += time.perf_counter() - began
-            done = chunk[-1] + 1
-            point = {"step": done, "tokens": done * tokens_per_step, "seconds": run["seconds"], "train_loss": loss.item()}
-            run["curve"].append(point | evaluate(model, eval_batches))
-            log(f"step {done:5d} {name:>12}: train {point['train_loss']:.3f}  eval {run['curve'][-1]['eval_loss']:.3f}  "
-                f"acc {run['curve'][-1]['eval_accuracy']:.3f}  {run['seconds']:.0f}s")  # fmt: skip
+        if (step + 1) % eval_every and step + 1 != steps:
+            continue
+        for name, run in runs.items():
+            point = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "seconds": run["seconds"],
+                     "train_loss": run["loss"].item()} | evaluate(run["model"], eval_batches)  # fmt: skip
+            run["curve"].append(point)
+            log(f"step {step + 1:5d} {name:>12}: train {point['train_loss']:.3f}  eval {point['eval_loss']:.3f}  "
+                f"acc {point['eval_accuracy']:.3f}  {run['seconds']:.0f}s")  # fmt: skip
     return {
         name: {
             "total_parameters": sum(p.numel() for p in run["model"].parameters()),
