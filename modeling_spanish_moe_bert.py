@@ -671,6 +671,9 @@ class SpanishMoEBertEmbeddings(nn.Module):
 class SpanishMoEBertModel(SpanishMoEBertPreTrainedModel):
     """The encoder. `pooler_output` is the final [CLS] (first token) vector, the sentence representation."""
 
+    # Loading the encoder alone from a masked-LM checkpoint leaves its head behind, as intended.
+    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^decoder_bias$"]
+
     def __init__(self, config: SpanishMoEBertConfig):
         super().__init__(config)
         self.embeddings = SpanishMoEBertEmbeddings(config)

@@ -48,7 +48,7 @@ from spanish_moe_bert.data import (
     split_by_document,
     tokenize_stream,
 )
-from spanish_moe_bert.export import export_model
+from spanish_moe_bert.export import HubPushError, export_model
 from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, logits_to_predictions, mlm_metrics
 
 logger = logging.getLogger("run_mlm")
@@ -320,19 +320,23 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     if disk_budget.stop_message is not None:
         raise SystemExit(f"run_mlm: {disk_budget.stop_message}")
     if trainer.is_world_process_zero():
-        export(training_args, metrics, push_to_hub)
+        export(training_args, data_args, metrics, push_to_hub)
     return metrics
 
 
-def export(training_args, metrics: dict, push_to_hub: bool) -> None:
+def export(training_args, data_args, metrics: dict, push_to_hub: bool) -> None:
     """Complete output_dir as a Hub model repo (Sentence Transformers files, model card with these metrics) and
     push it if asked."""
-    export_model(
-        training_args.output_dir,
-        eval_results=metrics,
-        push_to_hub=push_to_hub,
-        hub_model_id=training_args.hub_model_id,
-    )
+    try:
+        export_model(
+            training_args.output_dir,
+            eval_results=metrics,
+            datasets=[] if data_args.train_file else [data_args.dataset_name],
+            push_to_hub=push_to_hub,
+            hub_model_id=training_args.hub_model_id,
+        )
+    except HubPushError as err:
+        raise SystemExit(f"run_mlm: {err}") from err
 
 
 def main(argv: list[str] | None = None) -> dict:
