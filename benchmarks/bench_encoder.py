@@ -60,7 +60,9 @@ def contender_configs(config, tokenizer) -> dict:
         "modernbert": harness.modernbert_config(config, tokenizer),
         "bert": harness.bert_config(config, tokenizer),
         # Diagnostic: our MoE with MHA in every layer, to show what the MLA/GQA layers cost here.
-        "moe, all-MHA": SpanishMoEBertConfig.from_dict(config.to_dict() | {"attention_types": ["mha"] * config.num_hidden_layers}),
+        "moe, all-MHA": SpanishMoEBertConfig.from_dict(
+            config.to_dict() | {"attention_types": ["mha"] * config.num_hidden_layers}
+        ),
     }
 
 

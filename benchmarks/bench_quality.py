@@ -21,6 +21,7 @@ Writes benchmarks/results/bench_quality[_quick].json and .png (loss/accuracy vs 
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,7 +61,7 @@ def plot(results: dict, title: str, path: Path) -> None:
                 axes[row][col].set_xlabel("tokens seen" if x == "tokens" else "training wall time (s)")
                 axes[row][col].set_ylabel("held-out MLM loss" if metric == "eval_loss" else "masked-token accuracy")
     axes[0][0].legend()
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 140)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
