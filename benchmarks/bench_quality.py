@@ -87,6 +87,7 @@ def main():
     parser.add_argument("--eval_every", type=int)
     parser.add_argument("--eval_batches", type=int, default=8, help="held-out batches per evaluation")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--norm_type", choices=["dyt", "layernorm", "rmsnorm"], help="override our models' norm_type")
     parser.add_argument("--output", help="results path without extension (default benchmarks/results/bench_quality[_quick])")
     args = parser.parse_args()
     config_name, seq_len, batch_size, steps, eval_every = MODES["quick" if args.quick else "full"]
@@ -95,7 +96,8 @@ def main():
     steps, eval_every = args.steps or steps, args.eval_every or eval_every
 
     tokenizer = harness.train_tokenizer(8000)
-    config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128))
+    overrides = {"norm_type": args.norm_type} if args.norm_type else {}
+    config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128), **overrides)
     batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size)
     eval_batches = eval_batches[: args.eval_batches]
     results = harness.train_side_by_side(
@@ -103,7 +105,7 @@ def main():
     )
 
     tokens = steps * batch_size * seq_len
-    title = (f"Quality at equal compute: {Path(config_path).name} shapes, {steps} steps x {batch_size} x {seq_len} "
+    title = (f"Quality at equal compute: {Path(config_path).name} shapes (ours with {config.norm_type}), {steps} steps x {batch_size} x {seq_len} "
              f"= {tokens:,} tokens per model, {len(batches)} distinct batches; {harness.machine_line()}")  # fmt: skip
     print(f"\n{title}\n")
     print_table(results)
@@ -112,7 +114,8 @@ def main():
     plot(results, title, output.with_suffix(".png"))
     output.with_suffix(".json").write_text(json.dumps({
         "benchmark": "bench_quality", "quick": args.quick, "model_config": Path(config_path).name,
-        "seq_len": seq_len, "batch_size": batch_size, "steps": steps, "tokens_per_model": tokens,
+        "norm_type": config.norm_type, "seq_len": seq_len, "batch_size": batch_size, "steps": steps,
+        "tokens_per_model": tokens,
         "distinct_training_batches": len(batches), "eval_masked_batches": len(eval_batches), "lr": args.lr,
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, linear decay, clip 1.0",
         "machine": harness.machine(), "results": results,
