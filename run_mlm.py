@@ -346,7 +346,13 @@ def main(argv: list[str] | None = None) -> dict:
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    return run(model_args, data_args, training_args)
+    try:
+        return run(model_args, data_args, training_args)
+    finally:
+        # A gloo group left to the interpreter's exit can abort a rank ("terminate called without an active
+        # exception") after all work is done.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
