@@ -67,6 +67,28 @@ def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
         raise CorpusError(f"{path}: corrupt or truncated gzip file after line {line_number}: {err}") from err
 
 
+def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """Yield ``("<file>:<line>", record)`` for every non-empty line of a ``.jsonl`` / ``.jsonl.gz`` file.
+
+    Raises :class:`CorpusError` naming the file and line for invalid UTF-8, a corrupt gzip stream, invalid
+    JSON or a line that is not a JSON object; :class:`FileNotFoundError` for a missing file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"file not found: {path}")
+    for line_number, line in _numbered_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from err
+        if not isinstance(record, dict):
+            raise CorpusError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield where, record
+
+
 def iter_texts(
     path: str | os.PathLike,
     text_column: str = "text",
@@ -87,19 +109,14 @@ def iter_texts(
     is_jsonl = not path.endswith(".txt")
 
     def texts() -> Iterator[str]:
-        for line_number, line in _numbered_lines(path):
+        if is_jsonl:
+            for where, record in iter_jsonl_records(path):
+                yield _text_field(record, text_column, where)
+            return
+        for _, line in _numbered_lines(path):
             line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            if not is_jsonl:
+            if line.strip():
                 yield line
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from err
-            yield _text_field(record, text_column, where)
 
     yield from islice(texts(), max_documents)
 

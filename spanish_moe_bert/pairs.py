@@ -18,11 +18,12 @@ set ships the hashes of all their paragraphs, and a document containing any of t
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from spanish_moe_bert.corpus import iter_jsonl_records
 
 # Passages shorter than this carry too little meaning to be an anchor or a positive.
 MIN_WORDS = 5
@@ -218,30 +219,20 @@ def read_labelled_pairs(path: str | Path) -> list[dict]:
     """
     path = Path(path)
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'anchor' and 'positive', got {type(record).__name__}")
-            fields = ["anchor", "positive"] + (["negative"] if "negative" in record else [])
-            for field in fields:
-                value = record.get(field)
-                if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{where}: field '{field}' must be a non-empty string, got {value!r}")
-            if pairs and ("negative" in pairs[0]) != ("negative" in record):
-                raise ValueError(
-                    f"{where}: field 'negative' is {'missing' if 'negative' in pairs[0] else 'present'} here but "
-                    f"not on line 1 of the data; give a negative on every line or on none"
-                )
-            pair = {field: record[field].strip() for field in fields}
-            pair["doc"] = f"{path.name}:{number}"
-            pairs.append(pair)
+    for where, record in iter_jsonl_records(path):
+        fields = ["anchor", "positive"] + (["negative"] if "negative" in record else [])
+        for field in fields:
+            value = record.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{where}: field '{field}' must be a non-empty string, got {value!r}")
+        if pairs and ("negative" in pairs[0]) != ("negative" in record):
+            raise ValueError(
+                f"{where}: field 'negative' is {'missing' if 'negative' in pairs[0] else 'present'} here but "
+                f"not on line 1 of the data; give a negative on every line or on none"
+            )
+        pair = {field: record[field].strip() for field in fields}
+        pair["doc"] = f"{path.name}:{where.rsplit(':', 1)[1]}"
+        pairs.append(pair)
     if not pairs:
         raise ValueError(f"{path}: no pairs found (expected JSONL lines with 'anchor' and 'positive')")
     return pairs

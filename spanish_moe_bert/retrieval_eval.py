@@ -13,7 +13,6 @@ the contrastive stage, BM25 (``bm25s``) and all-MiniLM-L6-v2 -- is ranked by the
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spanish_moe_bert.corpus import iter_jsonl_records
 from spanish_moe_bert.pairs import bm25_tokenize
 
 DEV_DIR = Path(__file__).resolve().parents[1] / "data" / "retrieval_dev"
@@ -54,30 +54,17 @@ class STSSet:
 
 def _read_jsonl(path: str | Path, fields: dict[str, type]) -> list[dict]:
     """Read JSONL records, checking that each has the given fields with the given types."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object with fields {sorted(fields)}")
-            for name, kind in fields.items():
-                value = record.get(name)
-                ok = isinstance(value, kind) and not isinstance(value, bool)
-                if kind is str:
-                    ok = ok and bool(value.strip())
-                if not ok:
-                    allowed = "a non-empty string" if kind is str else "a number"
-                    raise ValueError(f"{where}: field '{name}' must be {allowed}, got {value!r}")
-            records.append(record)
+    for where, record in iter_jsonl_records(path):
+        for name, kind in fields.items():
+            value = record.get(name)
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            if kind is str:
+                ok = ok and bool(value.strip())
+            if not ok:
+                allowed = "a non-empty string" if kind is str else "a number"
+                raise ValueError(f"{where}: field '{name}' must be {allowed}, got {value!r}")
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: no records found")
     return records

@@ -132,7 +132,7 @@ def test_labelled_pairs_are_read_with_or_without_negatives(tmp_path):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"anchor": "a", "positive": "b"}', "{not json"], r"pairs.jsonl:2: not valid JSON"),
+        (['{"anchor": "a", "positive": "b"}', "{not json"], r"pairs.jsonl:2: invalid JSON"),
         (['{"anchor": "a"}'], r"pairs.jsonl:1: field 'positive' must be a non-empty string, got None"),
         (['{"anchor": "a", "positive": 3}'], r"pairs.jsonl:1: field 'positive' must be a non-empty string, got 3"),
         (['{"anchor": "a", "positive": "b"}', '{"anchor": "a", "positive": "b", "negative": "c"}'], r"pairs.jsonl:2: field 'negative' is present"),

@@ -120,7 +120,7 @@ def test_bad_sts_score_and_bad_json_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"sts.jsonl:1: field 'score' must be a number, got '4'"):
         load_sts(write_jsonl(tmp_path / "sts.jsonl", [{"sentence1": "a", "sentence2": "b", "score": "4"}]))
     (tmp_path / "bad.jsonl").write_text('{"query": "a", "positive": "b"}\n{oops\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
         load_retrieval(tmp_path / "bad.jsonl")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_retrieval(tmp_path / "missing.jsonl")
