@@ -118,7 +118,7 @@ class SpanishMoEBertRotaryEmbedding(nn.Module):
         super().__init__()
         self.dim = dim
         self.theta = theta
-        self.inv_freq = nn.Buffer(self.compute_inv_freq(), persistent=False)
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
 
     def compute_inv_freq(self) -> torch.Tensor:
         return 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.float) / self.dim))
