@@ -225,6 +225,8 @@ def test_load_balancing_loss_is_one_for_uniform_routing_and_larger_otherwise():
 def test_router_jitter_only_in_training():
     config = make_config(router_jitter_noise=0.5)
     moe = SpanishMoEBertSparseMoE(config)
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.2)
     x = torch.randn(1, 8, config.hidden_size)
     moe.eval()
     assert torch.equal(moe(x)[0], moe(x)[0])
