@@ -499,7 +499,7 @@ class SpanishMoEBertSparseMoE(nn.Module):
         b, t, h = hidden_states.shape
         x = hidden_states.reshape(-1, h)  # (B*T, H)
         real = None
-        if token_mask is not None and not bool(token_mask.all()):
+        if token_mask is not None:
             real = token_mask.reshape(-1).nonzero().squeeze(1)
             x = x[real]  # (tokens, H): padding takes no expert compute and no part in the router losses
 
@@ -713,6 +713,8 @@ class SpanishMoEBertModel(SpanishMoEBertPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(t, device=hidden_states.device).unsqueeze(0).expand(b, t)
         token_mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
+        if token_mask is not None and bool(token_mask.all()):
+            token_mask = None  # decided once here, not in every MoE layer
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         rope = {int(dim): emb(hidden_states, position_ids) for dim, emb in self.rotary_embs.items()}
 
