@@ -49,6 +49,11 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     alpha initialised to `dyt_alpha_init_attention` before attention and to `dyt_alpha_init_ffn` before the
     feed-forward, the final norm and the MLM head (the DyT paper needed the two to differ for LLaMA).
     `"layernorm"` and `"rmsnorm"` are there for ablations.
+
+    Embeddings are multiplied by `embedding_multiplier` (None: `sqrt(hidden_size)`, as Gemma does). DyT, unlike
+    LayerNorm, does not rescale its input, so without it the residual stream would start at the embeddings' init
+    scale (std `initializer_range`): attention is then uniform, every token gets the same update, and the tanh of
+    the later norms saturates on that shared direction (measured in the README's "DyT" section).
     """
 
     model_type = "spanish_moe_bert"
@@ -89,6 +94,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     embedding_dropout: float = 0.0
     classifier_dropout: float = 0.0
     initializer_range: float = 0.02
+    embedding_multiplier: float | None = None
     pad_token_id: int | None = 0
     tie_word_embeddings: bool = True
 
@@ -107,6 +113,10 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(AUTO_MAP)
+
+    @property
+    def embedding_scale(self) -> float:
+        return self.embedding_multiplier if self.embedding_multiplier is not None else self.hidden_size**0.5
 
     @property
     def head_dim(self) -> int:
@@ -174,6 +184,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         for name in ("rope_theta", "norm_eps", "initializer_range", "dyt_alpha_init_attention", "dyt_alpha_init_ffn"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
+        if self.embedding_multiplier is not None and not self.embedding_multiplier > 0:
+            raise ValueError(f"`embedding_multiplier` must be None (sqrt(hidden_size)) or > 0, got {self.embedding_multiplier}")
 
 
 __all__ = ["SpanishMoEBertConfig"]

@@ -269,6 +269,10 @@ class SpanishMoEBertLatentAttention(nn.Module):
         q_rope, k_rope = apply_rotary(q_rope, cos, sin), apply_rotary(k_rope, cos, sin)
         q = torch.cat((q_nope, q_rope), dim=-1)
         k = torch.cat((k_nope, k_rope.expand(b, self.num_heads, t, self.rope_dim)), dim=-1)
+        # Fused SDPA kernels need one head size for q, k and v: zero-pad v to the q/k size, drop the padding after.
+        pad_v = self.v_head_dim < self.qk_head_dim and self.config._attn_implementation != "eager"
+        if pad_v:
+            v = F.pad(v, (0, self.qk_head_dim - self.v_head_dim))
         y, att = attention_interface(self.config)(
             self,
             q,
@@ -279,6 +283,8 @@ class SpanishMoEBertLatentAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
+        if pad_v:
+            y = y[..., : self.v_head_dim]
         return self.o_proj(y.reshape(b, t, -1)), att
 
 
@@ -651,10 +657,11 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
 
 
 class SpanishMoEBertEmbeddings(nn.Module):
-    """Token (+ token type) embeddings; positions enter through RoPE in attention."""
+    """Token (+ token type) embeddings times `config.embedding_scale`; positions enter through RoPE in attention."""
 
     def __init__(self, config: SpanishMoEBertConfig):
         super().__init__()
+        self.scale = config.embedding_scale
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.token_type_embeddings = (
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
@@ -665,7 +672,7 @@ class SpanishMoEBertEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         if self.token_type_embeddings is not None and token_type_ids is not None:
             x = x + self.token_type_embeddings(token_type_ids)
-        return self.dropout(x)
+        return self.dropout(x * self.scale)
 
 
 class SpanishMoEBertModel(SpanishMoEBertPreTrainedModel):
@@ -783,6 +790,19 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear):
         self.decoder = new_embeddings
+
+    @torch.no_grad()
+    def init_decoder_bias_from_counts(self, token_counts: torch.Tensor) -> None:
+        """Start the output bias at the log unigram frequencies of the training tokens (add-one smoothed).
+
+        The first thing MLM learns is the unigram distribution. With the bias already there, the encoder is not
+        pushed to write one shared "frequent words" direction into every token's residual stream, which is what
+        saturates DyT early in training (see the README).
+        """
+        if token_counts.shape != self.decoder_bias.shape:
+            raise ValueError(f"token_counts has shape {tuple(token_counts.shape)}, expected ({self.config.vocab_size},)")
+        smoothed = token_counts.to(torch.float64) + 1.0
+        self.decoder_bias.copy_((smoothed / smoothed.sum()).log().to(self.decoder_bias.dtype))
 
     @can_return_tuple
     def forward(

@@ -46,6 +46,7 @@ from spanish_moe_bert.data import (
     masked_eval_set,
     shard_for_rank,
     split_by_document,
+    token_counts,
     tokenize_stream,
 )
 from spanish_moe_bert.export import HubPushError, export_model
@@ -82,6 +83,13 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of a tokenizer trained here."})
     tokenizer_training_documents: int = field(
         default=100_000, metadata={"help": "How many training documents a tokenizer trained here reads."}
+    )
+    output_prior_examples: int = field(
+        default=2000,
+        metadata={
+            "help": "A model trained from scratch starts its MLM output bias at the log unigram frequencies counted "
+            "on this many training blocks (0: start it at zero)."
+        },
     )
 
 
@@ -267,8 +275,16 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
             eval_blocks, tokenizer, data_args.mlm_probability, data_args.max_eval_samples, training_args.seed
         )
 
-    # Model
+    # Model. From scratch, the output bias starts at the unigram prior, counted on the same (unsharded) blocks by
+    # every rank so that all ranks start identical; a resumed run then loads its checkpoint's weights over it.
     model = build_model(model_args, tokenizer)
+    if model_args.model_name_or_path is None and model_args.output_prior_examples > 0:
+        prior_blocks = tokenize_stream(train_documents, tokenizer, data_args.max_seq_length, data_args.line_by_line)
+        model.init_decoder_bias_from_counts(
+            token_counts(
+                prior_blocks, model.config.vocab_size, model_args.output_prior_examples, tokenizer.all_special_ids
+            )
+        )
     logger.info(f"model: {model.num_parameters():,} parameters, vocabulary {model.config.vocab_size}")
 
     # Resume: the newest complete checkpoint, and each rank's position in its stream.

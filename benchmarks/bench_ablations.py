@@ -6,7 +6,8 @@ Each variant changes one thing of the base config (DyT, attention pattern mha/gq
   attention       all-MHA vs all-GQA vs all-MLA vs the default mix
   top-k           1 / 2 / 4 experts per token (changes the active parameters: that is the trade-off measured)
   experts         8 vs 32 (same active parameters, 4x the expert parameters)
-  diagnostic      DyT with the embedding output scaled to std 1 (see SCALED_EMBEDDINGS)
+  recipe          the two things that keep DyT out of tanh saturation, each removed in turn: the embedding
+                  multiplier (1.0 instead of sqrt(hidden_size)) and the unigram init of the output bias
 
 All variants train with the same tokenizer, pre-masked batches, order, tokens and optimizer as bench_quality
 (the shared loop in harness.py, models in turn so machine noise hits all alike) and are scored on the same
@@ -39,20 +40,10 @@ VARIANTS = {  # name -> (group, config overrides)
     "top-1": ("top-k", {"num_experts_per_tok": 1}),
     "top-4": ("top-k", {"num_experts_per_tok": 4}),
     "32 experts": ("experts", {"num_experts": 32}),
-    "dyt, embeddings scaled to std 1": ("diagnostic", {}),
+    "embedding multiplier 1": ("recipe", {"embedding_multiplier": 1.0}),
+    "output bias at zero": ("recipe", {}),
 }
-# Diagnostic, not an architecture option: DyT does not normalise, so with embeddings initialised at std 0.02 every
-# DyT output starts at ~alpha * 0.02 and the network starts with almost no signal. Scaling the embedding output by
-# 1 / initializer_range (a forward hook, the tied decoder is untouched) tests whether that is what slows DyT down.
-SCALED_EMBEDDINGS = "dyt, embeddings scaled to std 1"
-
-
-def build_variant(name: str, config):
-    model = SpanishMoEBertForMaskedLM(config)
-    if name == SCALED_EMBEDDINGS:
-        scale = 1.0 / config.initializer_range
-        model.model.embeddings.register_forward_hook(lambda module, args, output: output * scale)
-    return model
+WITHOUT_OUTPUT_PRIOR = ("output bias at zero",)
 MODES = {  # config, seq_len, batch, steps, eval_every
     "quick": ("tiny.json", 64, 16, 24, 12),
     "full": ("mini.json", 128, 16, 200, 50),
@@ -69,6 +60,7 @@ def main():
     parser.add_argument("--eval_every", type=int)
     parser.add_argument("--eval_batches", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else ../shared's when present)")
     parser.add_argument("--output", help="results JSON (default benchmarks/results/bench_ablations[_quick].json)")
     args = parser.parse_args()
     config_name, seq_len, batch_size, steps, eval_every = MODES["quick" if args.quick else "full"]
@@ -76,20 +68,24 @@ def main():
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
     steps, eval_every = args.steps or steps, args.eval_every or eval_every
 
-    tokenizer = harness.train_tokenizer(8000)
-    batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size)
+    corpus = args.corpus or harness.default_corpus(args.quick)
+    tokenizer = harness.train_tokenizer(8000, corpus)
+    batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size, corpus=corpus)
     eval_batches = eval_batches[: args.eval_batches]
     configs = {
         name: harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128), **overrides)
         for name, (_, overrides) in VARIANTS.items()
     }
-    factories = {name: (lambda name=name, c=c: build_variant(name, c)) for name, c in configs.items()}
-    results = harness.train_side_by_side(factories, batches, eval_batches, steps=steps, eval_every=eval_every, lr=args.lr)
+    factories = {name: (lambda c=c: SpanishMoEBertForMaskedLM(c)) for name, c in configs.items()}
+    results = harness.train_side_by_side(
+        factories, batches, eval_batches, steps=steps, eval_every=eval_every, lr=args.lr,
+        without_output_prior=WITHOUT_OUTPUT_PRIOR,
+    )
 
     tokens = steps * batch_size * seq_len
     base = results[next(iter(VARIANTS))]["final"]
     print(f"\nAblations: {Path(config_path).name} base, {steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens "
-          f"per variant; {harness.machine_line()}\n")  # fmt: skip
+          f"per variant, {len(batches)} distinct batches of {corpus.name}; {harness.machine_line()}\n")  # fmt: skip
     print("| group | variant | total params | active params | held-out loss | vs default | masked acc | train tokens/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
@@ -101,8 +97,8 @@ def main():
     output = Path(args.output or harness.RESULTS / f"bench_ablations{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
-        "benchmark": "bench_ablations", "quick": args.quick, "model_config": Path(config_path).name,
-        "seq_len": seq_len, "batch_size": batch_size, "steps": steps, "tokens_per_variant": tokens, "lr": args.lr,
+        "benchmark": "bench_ablations", "quick": args.quick, "model_config": Path(config_path).name, "corpus": corpus.name,
+        "distinct_training_batches": len(batches), "seq_len": seq_len, "batch_size": batch_size, "steps": steps, "tokens_per_variant": tokens, "lr": args.lr,
         "variants": {name: {"group": g, "overrides": o} for name, (g, o) in VARIANTS.items()},
         "machine": harness.machine(), "results": results,
     }, indent=2) + "\n")  # fmt: skip

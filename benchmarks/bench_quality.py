@@ -87,6 +87,7 @@ def main():
     parser.add_argument("--eval_every", type=int)
     parser.add_argument("--eval_batches", type=int, default=8, help="held-out batches per evaluation")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else ../shared's when present)")
     parser.add_argument("--norm_type", choices=["dyt", "layernorm", "rmsnorm"], help="override our models' norm_type")
     parser.add_argument("--output", help="results path without extension (default benchmarks/results/bench_quality[_quick])")
     args = parser.parse_args()
@@ -95,10 +96,11 @@ def main():
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
     steps, eval_every = args.steps or steps, args.eval_every or eval_every
 
-    tokenizer = harness.train_tokenizer(8000)
+    corpus = args.corpus or harness.default_corpus(args.quick)
+    tokenizer = harness.train_tokenizer(8000, corpus)
     overrides = {"norm_type": args.norm_type} if args.norm_type else {}
     config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128), **overrides)
-    batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size)
+    batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size, corpus=corpus)
     eval_batches = eval_batches[: args.eval_batches]
     results = harness.train_side_by_side(
         contenders(config, tokenizer), batches, eval_batches, steps=steps, eval_every=eval_every, lr=args.lr
@@ -106,14 +108,14 @@ def main():
 
     tokens = steps * batch_size * seq_len
     title = (f"Quality at equal compute: {Path(config_path).name} shapes (ours with {config.norm_type}), {steps} steps x {batch_size} x {seq_len} "
-             f"= {tokens:,} tokens per model, {len(batches)} distinct batches; {harness.machine_line()}")  # fmt: skip
+             f"= {tokens:,} tokens per model, {len(batches)} distinct batches of {corpus.name}; {harness.machine_line()}")  # fmt: skip
     print(f"\n{title}\n")
     print_table(results)
     output = Path(args.output or harness.RESULTS / f"bench_quality{'_quick' if args.quick else ''}")
     output.parent.mkdir(parents=True, exist_ok=True)
     plot(results, title, output.with_suffix(".png"))
     output.with_suffix(".json").write_text(json.dumps({
-        "benchmark": "bench_quality", "quick": args.quick, "model_config": Path(config_path).name,
+        "benchmark": "bench_quality", "quick": args.quick, "model_config": Path(config_path).name, "corpus": corpus.name,
         "norm_type": config.norm_type, "seq_len": seq_len, "batch_size": batch_size, "steps": steps,
         "tokens_per_model": tokens,
         "distinct_training_batches": len(batches), "eval_masked_batches": len(eval_batches), "lr": args.lr,

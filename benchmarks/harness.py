@@ -25,17 +25,27 @@ from spanish_moe_bert.corpus import iter_texts  # noqa: E402
 from spanish_moe_bert.data import pack_documents  # noqa: E402
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
 
-CORPUS = REPO / "data" / "es_corpus_sample.txt"
+CORPUS = REPO / "data" / "es_corpus_sample.txt"  # bundled: 1.5 MB, runs anywhere
+SHARED_CORPUS = REPO.parent / "shared" / "data" / "es_corpus.jsonl.gz"  # 9.5 MB, beside the checkout when present
 RESULTS = REPO / "benchmarks" / "results"
 
 
+def default_corpus(quick: bool) -> Path:
+    """Quick modes read the bundled corpus. Full modes read the 6x larger shared corpus when it is there: on the
+    bundled one, a few hundred steps already repeat the data and held-out loss stops tracking training."""
+    if quick or not SHARED_CORPUS.is_file():
+        return CORPUS
+    return SHARED_CORPUS
+
+
 def paragraphs(path: Path = CORPUS) -> list[str]:
-    return [text for text in iter_texts(path) if text.strip()]
+    """Non-empty paragraphs, in file order (documents of a .jsonl(.gz) corpus split at their newlines)."""
+    return [p for text in iter_texts(path) for p in text.split("\n") if p.strip()]
 
 
-def train_tokenizer(vocab_size: int = 8000):
-    """The one tokenizer every contender uses: SentencePiece-unigram trained on the bundled corpus."""
-    return SpanishSPMTokenizer.train_new(iter_texts(CORPUS), vocab_size=vocab_size)
+def train_tokenizer(vocab_size: int = 8000, corpus: Path = CORPUS):
+    """The one tokenizer every contender uses: SentencePiece-unigram trained on the benchmark's corpus."""
+    return SpanishSPMTokenizer.train_new(paragraphs(corpus), vocab_size=vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,9 +142,9 @@ def mask_blocks(blocks: torch.Tensor, tokenizer, probability: float, generator: 
     return {"input_ids": inputs, "attention_mask": torch.ones_like(blocks), "labels": labels}
 
 
-def mlm_data(tokenizer, seq_len: int, batch_size: int, seed: int = 0, held_out_every: int = 20):
+def mlm_data(tokenizer, seq_len: int, batch_size: int, seed: int = 0, held_out_every: int = 20, corpus: Path = CORPUS):
     """Training batches (paragraphs in a seeded random order, masked once) and a held-out set (every n-th paragraph)."""
-    texts = paragraphs()
+    texts = paragraphs(corpus)
     held_out = [t for i, t in enumerate(texts) if i % held_out_every == 0]
     train = [t for i, t in enumerate(texts) if i % held_out_every]
     generator = torch.Generator().manual_seed(seed)
@@ -150,6 +160,26 @@ def mlm_data(tokenizer, seq_len: int, batch_size: int, seed: int = 0, held_out_e
 # ----------------------------------------------------------------------------------------------------------------
 # The shared training loop: round-robin over the contenders, so machine noise hits all alike
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def output_prior_counts(batches: list[dict], vocab_size: int) -> torch.Tensor:
+    """Token counts of the training labels: every contender's output bias starts at their log frequencies."""
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for batch in batches:
+        labels = batch["labels"][batch["labels"] != -100]
+        counts += torch.bincount(labels, minlength=vocab_size)
+    return counts
+
+
+@torch.no_grad()
+def init_output_prior(model, counts: torch.Tensor) -> None:
+    """Start the MLM output bias at the log unigram prior, the same way for ours and the transformers anchors."""
+    if hasattr(model, "init_decoder_bias_from_counts"):
+        model.init_decoder_bias_from_counts(counts)
+        return
+    bias = model.get_output_embeddings().bias
+    smoothed = counts.to(torch.float64) + 1.0
+    bias.copy_((smoothed / smoothed.sum()).log().to(bias.dtype))
 
 
 def training_loss(model, batch) -> torch.Tensor:
@@ -184,14 +214,19 @@ def train_side_by_side(
     warmup_fraction: float = 0.1,
     weight_decay: float = 0.01,
     seed: int = 0,
+    without_output_prior: tuple[str, ...] = (),
     log=print,
 ) -> dict:
     """Train every model on the same batches in the same order with the same AdamW + linear warmup/decay, one
-    step each in turn; evaluate all every `eval_every` steps. Wall time counts only each model's own steps."""
+    step each in turn; evaluate all every `eval_every` steps. Wall time counts only each model's own steps.
+    Every model's output bias starts at the unigram log prior of the training labels, except those named in
+    `without_output_prior` (an ablation), which keep their own init."""
     runs = {}
     for name, factory in factories.items():
         torch.manual_seed(seed)  # same init RNG stream for every contender
         model = factory().train()
+        if name not in without_output_prior:
+            init_output_prior(model, output_prior_counts(batches, model.config.vocab_size))
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
         warmup = max(1, int(steps * warmup_fraction))
         schedule = torch.optim.lr_scheduler.LambdaLR(

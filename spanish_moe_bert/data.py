@@ -188,6 +188,18 @@ def first_example(dataset: IterableDataset) -> dict:
     return example
 
 
+def token_counts(
+    blocks: IterableDataset, vocab_size: int, max_examples: int, exclude_ids: list[int] = ()
+) -> torch.Tensor:
+    """How often each token id occurs in the first `max_examples` examples; `exclude_ids` (e.g. special tokens,
+    which MLM never predicts) count 0."""
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for example in islice(blocks, max_examples):
+        counts += torch.bincount(torch.as_tensor(example["input_ids"]), minlength=vocab_size)[:vocab_size]
+    counts[list(exclude_ids)] = 0
+    return counts
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Masking
 # ----------------------------------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ def batch(vocab_size=2000, b=3, t=16, seed=0):
         (dict(router_aux_loss_coef=-1.0), "router_aux_loss_coef"),
         (dict(dyt_alpha_init_ffn=0.0), "dyt_alpha_init_ffn"),
         (dict(q_lora_rank=0), "q_lora_rank"),
+        (dict(embedding_multiplier=0.0), "embedding_multiplier"),
     ],
 )
 def test_config_rejects_impossible_values_naming_the_field(kwargs, field):
@@ -319,6 +320,31 @@ def test_dyt_statistics_report_alpha_and_saturation():
     stats = model.dyt_statistics(ids, torch.ones_like(ids))
     assert stats["layers.0.mlp_norm.saturation"] > 0.95
     assert 0.0 <= stats["layers.1.attn_norm.saturation"] < 0.5
+
+
+@pytest.mark.parametrize("multiplier, expected", [(None, 64**0.5), (1.0, 1.0), (3.5, 3.5)])
+def test_embeddings_are_scaled_by_the_multiplier(multiplier, expected):
+    config = tiny_config(embedding_multiplier=multiplier)
+    assert config.hidden_size == 64 and config.embedding_scale == pytest.approx(expected)
+    embeddings = SpanishMoEBertModel(config).embeddings
+    ids = batch()
+    assert torch.allclose(embeddings(ids), embeddings.word_embeddings(ids) * expected)
+
+
+def test_output_bias_starts_at_the_log_unigram_prior():
+    model = SpanishMoEBertForMaskedLM(tiny_config())
+    counts = torch.zeros(model.config.vocab_size, dtype=torch.int64)
+    counts[10], counts[11] = 98, 48  # add-one smoothed: 99 and 49 of 99 + 49 + (V - 2)
+    model.init_decoder_bias_from_counts(counts)
+    total = 99 + 49 + model.config.vocab_size - 2
+    probs = model.decoder_bias.softmax(-1)
+    assert probs[10].item() == pytest.approx(99 / total) and probs[11].item() == pytest.approx(49 / total)
+    assert probs[12].item() == pytest.approx(1 / total)
+    with torch.no_grad():  # an untrained encoder's logits are ~0 next to the prior: it predicts the frequent tokens
+        logits = model(batch(vocab_size=model.config.vocab_size)).logits
+    assert (logits.argmax(-1) == 10).float().mean() > 0.9
+    with pytest.raises(ValueError, match="token_counts has shape"):
+        model.init_decoder_bias_from_counts(counts[:-1])
 
 
 def test_a_few_optimizer_steps_lower_the_mlm_loss():

@@ -33,6 +33,7 @@ from spanish_moe_bert.data import (
     pack_documents,
     shard_for_rank,
     split_by_document,
+    token_counts,
     tokenize_stream,
 )
 from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, RouterMetrics, mlm_metrics
@@ -86,6 +87,16 @@ def test_packed_blocks_have_exact_length_and_special_tokens(tokenizer):
     for block, special in zip(batch["input_ids"], batch["special_tokens_mask"]):
         assert block[0] == tokenizer.cls_token_id and block[-1] == tokenizer.sep_token_id
         assert special == [int(t in tokenizer.all_special_ids) for t in block]
+
+
+def test_token_counts_count_the_first_blocks_without_special_tokens(tokenizer, tmp_path):
+    blocks = tokenize_stream(local_documents([str(documents_file(tmp_path, n=50))]), tokenizer, max_seq_length=16)
+    first = [example["input_ids"] for example in islice(blocks, 3)]
+    counts = token_counts(blocks, len(tokenizer), max_examples=3, exclude_ids=tokenizer.all_special_ids)
+    expected = torch.bincount(torch.tensor(first).flatten(), minlength=len(tokenizer))
+    expected[tokenizer.all_special_ids] = 0
+    assert torch.equal(counts, expected)
+    assert counts.sum() == sum(t not in tokenizer.all_special_ids for block in first for t in block)
 
 
 def test_stream_resumes_exactly_where_it_was_saved_across_epochs(tokenizer, tmp_path):
