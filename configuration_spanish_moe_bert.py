@@ -47,13 +47,16 @@ class SpanishMoEBertConfig(PreTrainedConfig):
 
     Normalization: `"dyt"` is Dynamic Tanh, `DyT(x) = weight * tanh(alpha * x) + bias` with a learnable scalar
     alpha initialised to `dyt_alpha_init_attention` before attention and to `dyt_alpha_init_ffn` before the
-    feed-forward, the final norm and the MLM head (the DyT paper needed the two to differ for LLaMA).
-    `"layernorm"` and `"rmsnorm"` are there for ablations.
+    feed-forward, the final norm and the MLM head. `None` (the default) picks `1 / (initializer_range *
+    embedding_scale)`, the alpha that puts the embeddings' typical value at tanh's unit input, where DyT acts
+    like LayerNorm does at initialisation: 1.56 at hidden size 1024. DyT does not rescale its input, so a fixed
+    alpha suits only one residual-stream scale; the DyT paper's LLaMA-7B values (0.8 / 0.2) left our models
+    near the unigram plateau (README, "DyT"). `"layernorm"` and `"rmsnorm"` are there for ablations.
 
-    Embeddings are multiplied by `embedding_multiplier` (None: `sqrt(hidden_size)`, as Gemma does). DyT, unlike
-    LayerNorm, does not rescale its input, so without it the residual stream would start at the embeddings' init
-    scale (std `initializer_range`): attention is then uniform, every token gets the same update, and the tanh of
-    the later norms saturates on that shared direction (measured in the README's "DyT" section).
+    Embeddings are multiplied by `embedding_multiplier` (None: `sqrt(hidden_size)`, as Gemma does), and the
+    MLM output bias can start at the unigram log prior (`SpanishMoEBertForMaskedLM.init_decoder_bias_from_counts`,
+    which `run_mlm.py` calls). Without these, DyT saturates early in training on one direction shared by every
+    token, and all tokens end up with the same representation.
     """
 
     model_type = "spanish_moe_bert"
@@ -88,8 +91,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     hidden_act: str = "silu"
     norm_type: str = "dyt"
     norm_eps: float = 1e-5
-    dyt_alpha_init_attention: float = 0.8
-    dyt_alpha_init_ffn: float = 0.2
+    dyt_alpha_init_attention: float | None = None
+    dyt_alpha_init_ffn: float | None = None
     hidden_dropout: float = 0.0
     embedding_dropout: float = 0.0
     classifier_dropout: float = 0.0
@@ -117,6 +120,11 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     @property
     def embedding_scale(self) -> float:
         return self.embedding_multiplier if self.embedding_multiplier is not None else self.hidden_size**0.5
+
+    def dyt_alpha_init(self, position: str) -> float:
+        """DyT's alpha init before "attention" or "ffn" (the latter also for the final norm and the MLM head)."""
+        value = self.dyt_alpha_init_attention if position == "attention" else self.dyt_alpha_init_ffn
+        return value if value is not None else 1.0 / (self.initializer_range * self.embedding_scale)
 
     @property
     def head_dim(self) -> int:
@@ -181,9 +189,12 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
-        for name in ("rope_theta", "norm_eps", "initializer_range", "dyt_alpha_init_attention", "dyt_alpha_init_ffn"):
+        for name in ("rope_theta", "norm_eps", "initializer_range"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
+        for name in ("dyt_alpha_init_attention", "dyt_alpha_init_ffn"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be None (automatic) or > 0, got {getattr(self, name)}")
         if self.embedding_multiplier is not None and not self.embedding_multiplier > 0:
             raise ValueError(f"`embedding_multiplier` must be None (sqrt(hidden_size)) or > 0, got {self.embedding_multiplier}")
 

@@ -99,8 +99,7 @@ def build_norm(config: SpanishMoEBertConfig, position: str, hidden_size: int | N
     """The configured normalization; `position` ("attention" or "ffn") picks the DyT alpha init."""
     hidden_size = hidden_size or config.hidden_size
     if config.norm_type == "dyt":
-        alpha = config.dyt_alpha_init_attention if position == "attention" else config.dyt_alpha_init_ffn
-        return DynamicTanh(hidden_size, alpha)
+        return DynamicTanh(hidden_size, config.dyt_alpha_init(position))
     if config.norm_type == "rmsnorm":
         return RMSNorm(hidden_size, config.norm_eps)
     return nn.LayerNorm(hidden_size, eps=config.norm_eps)

@@ -6,8 +6,9 @@ Each variant changes one thing of the base config (DyT, attention pattern mha/gq
   attention       all-MHA vs all-GQA vs all-MLA vs the default mix
   top-k           1 / 2 / 4 experts per token (changes the active parameters: that is the trade-off measured)
   experts         8 vs 32 (same active parameters, 4x the expert parameters)
-  recipe          the two things that keep DyT out of tanh saturation, each removed in turn: the embedding
-                  multiplier (1.0 instead of sqrt(hidden_size)) and the unigram init of the output bias
+  recipe          what makes DyT train, each removed in turn: the automatic alpha init (instead the DyT
+                  paper's LLaMA-7B values 0.8 / 0.2), the embedding multiplier (1.0 instead of sqrt(hidden_size);
+                  alpha follows it) and the unigram init of the output bias
 
 All variants train with the same tokenizer, pre-masked batches, order, tokens and optimizer as bench_quality
 (the shared loop in harness.py, models in turn so machine noise hits all alike) and are scored on the same
@@ -40,6 +41,7 @@ VARIANTS = {  # name -> (group, config overrides)
     "top-1": ("top-k", {"num_experts_per_tok": 1}),
     "top-4": ("top-k", {"num_experts_per_tok": 4}),
     "32 experts": ("experts", {"num_experts": 32}),
+    "dyt alpha 0.8 / 0.2": ("recipe", {"dyt_alpha_init_attention": 0.8, "dyt_alpha_init_ffn": 0.2}),
     "embedding multiplier 1": ("recipe", {"embedding_multiplier": 1.0}),
     "output bias at zero": ("recipe", {}),
 }

@@ -7,13 +7,14 @@ Contenders, all at the shapes of one of our configs (hidden size, layers, heads,
   modernbert   transformers' ModernBertForMaskedLM, GLU width = our active FFN width
   bert         transformers' BertForMaskedLM, MLP width 1.5x (same active FFN parameters)
 
-Same tokenizer (8k unigram on the bundled corpus), same pre-masked batches in the same order, same sequence
+Same tokenizer (8k unigram on the benchmark's corpus), same pre-masked batches in the same order, same sequence
 length, tokens seen, AdamW settings, warmup/decay schedule and clipping, one shared loop (harness.py) that
-trains the models in turn `--eval_every` steps at a time so machine noise hits all alike. The held-out set is
+trains the models one step each in turn so machine noise hits all alike. The held-out set is
 every 20th paragraph, masked once.
 
     python benchmarks/bench_quality.py --quick   # tiny config, a couple of minutes on 2 cores
-    python benchmarks/bench_quality.py           # mini config, seq 128 (about 40 minutes on 2 idle cores)
+    python benchmarks/bench_quality.py           # mini config, 900 steps x 16 x 128 on the shared 9.5 MB corpus
+                                                 # when present (about 40 minutes on 2 idle cores)
 
 Writes benchmarks/results/bench_quality[_quick].json and .png (loss/accuracy vs tokens and vs wall time).
 """
@@ -33,7 +34,7 @@ from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
 
 MODES = {  # config, seq_len, batch, steps, eval_every
     "quick": ("tiny.json", 64, 16, 40, 10),
-    "full": ("mini.json", 128, 16, 400, 50),
+    "full": ("mini.json", 128, 16, 900, 100),
 }
 
 

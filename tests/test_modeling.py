@@ -313,8 +313,12 @@ def test_dyt_statistics_report_alpha_and_saturation():
     model = SpanishMoEBertModel(tiny_config())
     ids = batch()
     stats = model.dyt_statistics(ids, torch.ones_like(ids))
-    assert stats["layers.0.attn_norm.alpha"] == pytest.approx(0.8)
-    assert stats["layers.0.mlp_norm.alpha"] == pytest.approx(0.2)
+    # automatic init: 1 / (initializer_range * sqrt(hidden_size)) = 1 / (0.02 * 8)
+    assert stats["layers.0.attn_norm.alpha"] == pytest.approx(6.25)
+    assert stats["layers.0.mlp_norm.alpha"] == pytest.approx(6.25)
+    explicit = SpanishMoEBertModel(tiny_config(dyt_alpha_init_attention=0.8, dyt_alpha_init_ffn=0.2)).dyt_statistics()
+    assert explicit["layers.0.attn_norm.alpha"] == pytest.approx(0.8)
+    assert explicit["final_norm.alpha"] == pytest.approx(0.2)
     with torch.no_grad():
         model.layers[0].mlp_norm.alpha.fill_(1e4)  # every non-zero input saturates
     stats = model.dyt_statistics(ids, torch.ones_like(ids))
