@@ -279,7 +279,9 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     # every rank so that all ranks start identical; a resumed run then loads its checkpoint's weights over it.
     model = build_model(model_args, tokenizer)
     if model_args.model_name_or_path is None and model_args.output_prior_examples > 0:
-        prior_blocks = tokenize_stream(train_documents, tokenizer, data_args.max_seq_length, data_args.line_by_line)
+        prior_blocks = tokenize_stream(
+            train_documents, tokenizer, data_args.max_seq_length, data_args.line_by_line, data_args.map_batch_size
+        )
         model.init_decoder_bias_from_counts(
             token_counts(
                 prior_blocks, model.config.vocab_size, model_args.output_prior_examples, tokenizer.all_special_ids

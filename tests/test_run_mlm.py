@@ -162,7 +162,11 @@ def test_bad_record_mid_stream_names_file_and_line_and_keeps_checkpoints(tmp_pat
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hola mundo"}\n' * 5 + '{"texto": "sin campo"}\n')
     output_dir = tmp_path / "run"
-    args = run_args(output_dir, tokenizer_dir, max_steps=200, save_steps=3, validation_split_percentage=0, map_batch_size=10)
+    # The output-prior pass reads only the first blocks, so the bad record is met mid-training.
+    args = run_args(
+        output_dir, tokenizer_dir, max_steps=200, save_steps=3, validation_split_percentage=0, map_batch_size=10,
+        output_prior_examples=2,
+    )
     args[args.index("--train_file") + 1 : args.index("--train_file") + 2] = [str(good), str(bad)]
     with pytest.raises(CorpusError, match=r"bad\.jsonl:6: missing field 'text'"):
         run_mlm.main(args)
