@@ -263,7 +263,7 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
 
     output_dir = Path(training_args.output_dir)
     trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # the card's loss curve and steps
-    export_embedding_model(model, args, pooling, output_dir)
+    export_embedding_model(model, args, pooling, output_dir, len(train_dataset))
 
     results = {f"ours before ({pooling} pooling, MLM only)": before[pooling]}
     systems = [EmbeddingSystem(load_sentence_transformer(output_dir), "ours after (contrastive)")]
@@ -271,7 +271,7 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
         systems += [BM25System(), EmbeddingSystem(load_sentence_transformer(minilm_path()), "all-MiniLM-L6-v2")]
     results.update(compare(systems, dev))
     table = markdown_table(results, reference="BM25 (bm25s)" if args.eval_baselines else None)
-    add_results_to_card(output_dir, results["ours after (contrastive)"], table, len(train_dataset))
+    add_results_to_card(output_dir, results["ours after (contrastive)"], table)
     (output_dir / "embedding_eval.json").write_text(
         json.dumps({"pooling": pooling, "pooling_candidates": before, "results": results}, indent=2) + "\n"
     )
@@ -283,12 +283,17 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
 # Output: the same Hub folder as the MLM export, plus what this stage adds
 
 
-def export_embedding_model(model: SentenceTransformer, args: EmbeddingArguments, pooling: str, output_dir: Path) -> None:
+def export_embedding_model(
+    model: SentenceTransformer, args: EmbeddingArguments, pooling: str, output_dir: Path, num_pairs: int
+) -> None:
     """Save the trained encoder under the checkpoint's MLM head and export it like run_mlm.py does.
 
     The MLM head is the pre-trained one (this stage does not train it), so the folder still loads as
     every Auto class; then the prompts and training sequence length go into the Sentence Transformers files.
+    The card keeps the pre-training data named by the checkpoint's own card.
     """
+    from huggingface_hub import ModelCard
+
     from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
     from spanish_moe_bert.export import export_model
 
@@ -296,7 +301,15 @@ def export_embedding_model(model: SentenceTransformer, args: EmbeddingArguments,
     mlm.model.load_state_dict(model[0].model.state_dict())
     mlm.save_pretrained(output_dir)
     model.tokenizer.save_pretrained(output_dir)
-    export_model(output_dir, pooling=pooling)
+    source_card = Path(args.model_name_or_path, "README.md")
+    datasets = (ModelCard.load(source_card).data.datasets or []) if source_card.is_file() else []
+    stage = (
+        f"Then a contrastive stage with Sentence Transformers (`train_sentence_embeddings.py`): {num_pairs:,} "
+        "unsupervised pairs from Spanish documents (independent crops, neighbouring paragraphs, heading → body), "
+        "BM25-mined hard negatives, the router losses kept on. The MLM head was not trained in this stage. "
+        "The loss curve and the table below are this stage's."
+    )
+    export_model(output_dir, pooling=pooling, datasets=datasets, sentence_stage=stage)
     settings = output_dir / "config_sentence_transformers.json"
     st_config = json.loads(settings.read_text())
     st_config["prompts"] = model.prompts
@@ -305,7 +318,7 @@ def export_embedding_model(model: SentenceTransformer, args: EmbeddingArguments,
     bert_config.write_text(json.dumps({**json.loads(bert_config.read_text()), "max_seq_length": args.max_seq_length}, indent=2) + "\n")
 
 
-def add_results_to_card(folder: Path, metrics: dict[str, float], table: str, num_pairs: int) -> None:
+def add_results_to_card(folder: Path, metrics: dict[str, float], table: str) -> None:
     """The dev-set retrieval metrics into the card's model-index, and the comparison as a section."""
     from huggingface_hub import ModelCard
 
@@ -316,11 +329,8 @@ def add_results_to_card(folder: Path, metrics: dict[str, float], table: str, num
     card.data.widget = [SIMILARITY_WIDGET]
     section = (
         "## Sentence embeddings: contrastive stage\n\n"
-        f"After masked-language-model pre-training, the encoder was trained contrastively with Sentence "
-        f"Transformers (`train_sentence_embeddings.py`) on {num_pairs:,} unsupervised pairs from Spanish documents "
-        "(independent crops, neighbouring paragraphs, heading → body) with BM25-mined hard negatives and the "
-        "router losses kept on. The MLM head was not trained in this stage.\n\n"
-        f"Retrieval on held-out Spanish documents ({DATASET_NAME}):\n\n{table}\n\n"
+        f"Retrieval on held-out Spanish documents ({DATASET_NAME}), before and after the contrastive stage "
+        f"(see Training):\n\n{table}\n\n"
     )
     marker = "## Architecture"
     card.text = card.text.replace(marker, section + marker, 1) if marker in card.text else card.text + "\n" + section

@@ -256,6 +256,7 @@ def write_model_card(
     pooling: str,
     loss_curve: bool,
     trainer_state: dict | None,
+    sentence_stage: str | None = None,
 ) -> None:
     """README.md from hub_card/model_card_template.md with ModelCardData metadata."""
     mask = tokenizer.mask_token
@@ -342,6 +343,7 @@ def write_model_card(
         ),
         loss_curve_plot=LOSS_CURVE_FILE if loss_curve else None,
         training_rows=training_rows,
+        sentence_stage=sentence_stage,
         max_length=min(tokenizer.model_max_length, config.max_position_embeddings),
         year=date.today().year,
     )
@@ -361,6 +363,7 @@ def export_model(
     eval_files: Sequence[str] | None = None,
     datasets: Sequence[str] = DEFAULT_DATASETS,
     pooling: str = "cls",
+    sentence_stage: str | None = None,
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
     private: bool = False,
@@ -369,6 +372,8 @@ def export_model(
 
     Held-out metrics for the card come from `eval_results` (run_mlm.py's `eval_*` metrics), else from
     `eval_files` (measured here), else from `model_dir/eval_results.json` if the Trainer wrote one.
+    `sentence_stage` (markdown) describes a contrastive stage after pre-training; the card's training table
+    and loss curve are then that stage's.
     Returns the folder; with `push_to_hub` also uploads it to `hub_model_id` (raises HubPushError on failure).
     """
     model_dir = Path(model_dir)
@@ -417,6 +422,7 @@ def export_model(
             pooling=pooling,
             loss_curve=loss_curve,
             trainer_state=trainer_state,
+            sentence_stage=sentence_stage,
         )
         move_into(staging, output_dir)
     logger.info(f"exported a Hub-ready model folder to {output_dir}")

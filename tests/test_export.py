@@ -79,7 +79,8 @@ def test_model_card_metadata_and_content(exported):
     metrics = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"loss": 6.5, "perplexity": 665.1416, "accuracy": 0.0625}
     for text in ("trust_remote_code=True", 'pipeline("fill-mask"', "expert_load.png", "training_loss.png",
-                 "## Limitations", "## Citation", "| 6.5000 |", "hosted inference"):
+                 "## Limitations", "## Citation", "| 6.5000 |", "hosted inference",
+                 "its `[CLS]` vector (`pooler_output`) is the sentence embedding", "alone are weak"):
         assert text in card.text, text
 
 
@@ -176,6 +177,9 @@ def test_mean_pooling_is_selectable(checkpoint, tmp_path):
     folder = export.export_model(checkpoint, tmp_path / "mean", pooling="mean", eval_results=EVAL_RESULTS)
     pooling = json.loads((folder / "1_Pooling/config.json").read_text())
     assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
+    card = (folder / "README.md").read_text()
+    assert "the mean of its token vectors is the sentence embedding" in card and "(mean pooling, cosine" in card
+    assert "its `[CLS]` vector (`pooler_output`) is the sentence embedding" not in card
     with pytest.raises(ValueError, match="pooling must be one of"):
         export.export_model(checkpoint, tmp_path / "bad", pooling="max")
 

@@ -36,7 +36,7 @@ def mlm_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     SpanishMoEBertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    export_model(folder)  # as run_mlm.py leaves its output_dir
+    export_model(folder, datasets=["someone/spanish-text"])  # as run_mlm.py leaves its output_dir
     return folder
 
 
@@ -156,6 +156,11 @@ def test_tiny_contrastive_run_exports_a_folder_a_fresh_process_loads(mlm_checkpo
     ndcg = [r.metric_value for r in card.data.eval_results if r.metric_type == "ndcg_at_10"]
     assert ndcg == [round(results["ours after (contrastive)"]["ndcg@10"], 4)]
     assert "## Sentence embeddings: contrastive stage" in card.text
+    assert card.data.datasets == ["someone/spanish-text"]  # the checkpoint's pre-training data, carried over
+    assert "then trained contrastively" in card.text and "a contrastive stage with Sentence Transformers" in card.text
+    assert "alone are weak" not in card.text  # the MLM-only limitation no longer applies
+    cls_intro = "its `[CLS]` vector (`pooler_output`) is the sentence embedding"
+    assert (cls_intro in card.text) == (report["pooling"] == "cls")
 
     # The Hub user's view: only the folder, a process where the project is not importable.
     hub_copy = tmp_path / "elsewhere" / "model"
