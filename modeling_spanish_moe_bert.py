@@ -362,6 +362,28 @@ class SpanishMoEBertExperts(nn.Module):
             return torch.bmm(h.view(e, layout.capacity, -1), down_proj).flatten(0, 1)
         return grouped_matmul(h, down_proj, layout.offsets)
 
+    def forward_per_expert(self, x: torch.Tensor, slot_expert: torch.Tensor, slot_weights: torch.Tensor, top_k: int):
+        """Inference without autograd: (tokens, H) -> (tokens, H), one expert at a time.
+
+        Each expert gathers its tokens, runs them and adds them back, so every buffer is expert-sized; on CPU
+        this beats gathering all tokens * k rows at once from about 64 tokens up (`benchmarks/bench_moe.py`).
+        With autograd the batched layout is faster, since per-expert slices of the stacked weights make
+        their gradients accumulate expert by expert.
+        """
+        dtype = _compute_dtype(x)
+        order = slot_expert.argsort(stable=True)  # slots grouped by expert
+        token, weights = order // top_k, slot_weights[order].to(dtype)
+        y = x.new_zeros(x.shape, dtype=dtype)
+        start = 0
+        for e, count in enumerate(torch.bincount(slot_expert, minlength=self.gate_up_proj.shape[0]).tolist()):
+            if count:
+                rows = token[start : start + count]
+                gate, up = (x.index_select(0, rows).to(dtype) @ self.gate_up_proj[e].to(dtype)).chunk(2, dim=-1)
+                h = self.act(gate) * up * weights[start : start + count, None]
+                y.index_add_(0, rows, h @ self.down_proj[e].to(dtype))
+            start += count
+        return y
+
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """grouped_mm is not autocast-aware: follow autocast by hand."""
@@ -393,10 +415,9 @@ class ExpertLayout:
 MAX_PADDING_FACTOR = 2.0
 
 
-def expert_layout(slot_expert: torch.Tensor, num_experts: int) -> ExpertLayout:
+def expert_layout(slot_expert: torch.Tensor, num_experts: int, tokens_per_expert: torch.Tensor) -> ExpertLayout:
     num_slots = slot_expert.numel()
     order = slot_expert.argsort(stable=True)  # slots grouped by expert
-    tokens_per_expert = torch.bincount(slot_expert, minlength=num_experts)
     offsets = tokens_per_expert.cumsum(0)
     use_grouped_kernel = slot_expert.device.type == "cuda" and hasattr(F, "grouped_mm")
     capacity = None if use_grouped_kernel else int(tokens_per_expert.max())
@@ -510,13 +531,15 @@ class SpanishMoEBertSparseMoE(nn.Module):
 
         logits, probs, top_w, top_idx = self.router(x)
         slot_expert = top_idx.reshape(-1)  # (tokens * k,)
-        layout = expert_layout(slot_expert, self.num_experts)
-        row_weights = torch.cat([top_w.reshape(-1), top_w.new_zeros(1)])[layout.row_slot]
-
-        x_rows = _Dispatch.apply(x, layout, self.top_k)  # (rows, H)
-        y_rows = self.experts(x_rows, row_weights, layout)
-        y = _Combine.apply(y_rows, layout, self.top_k).to(x.dtype)  # (tokens, H)
-        tokens_per_expert = layout.tokens_per_expert
+        tokens_per_expert = torch.bincount(slot_expert, minlength=self.num_experts)
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            y = self.experts.forward_per_expert(x, slot_expert, top_w.reshape(-1), self.top_k).to(x.dtype)
+        else:
+            layout = expert_layout(slot_expert, self.num_experts, tokens_per_expert)
+            row_weights = torch.cat([top_w.reshape(-1), top_w.new_zeros(1)])[layout.row_slot]
+            x_rows = _Dispatch.apply(x, layout, self.top_k)  # (rows, H)
+            y_rows = self.experts(x_rows, row_weights, layout)
+            y = _Combine.apply(y_rows, layout, self.top_k).to(x.dtype)  # (tokens, H)
 
         if real is not None:
             y = torch.zeros_like(hidden_states.reshape(-1, h)).index_copy_(0, real, y)

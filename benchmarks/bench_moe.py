@@ -1,7 +1,7 @@
 """MoE layer cost, side by side in one run, as ratios to a dense SwiGLU of the same active FLOPs.
 
 Contenders at equal shapes (hidden 1024, 32 experts of width 88, top-4: the default config):
-  ours            SpanishMoEBertSparseMoE (sort by expert + grouped GEMM)
+  ours            SpanishMoEBertSparseMoE (training: sort by expert + batched GEMMs; CPU inference: per-expert loop)
   dense           SwiGLU of width top_k * moe_intermediate_size (same FLOPs per token, no routing)
   naive loop      one masked gather / matmul / index_add per expert (the classic reference loop)
   qwen3 <impl>    transformers' Qwen3MoeSparseMoeBlock with each experts implementation it offers
@@ -89,12 +89,14 @@ def contenders(config: SpanishMoEBertConfig) -> dict[str, nn.Module]:
 
 
 def run_once(model: nn.Module, x: torch.Tensor, backward: bool) -> float:
+    """One timed pass: "fwd" is inference (no autograd, as in encoding or fill-mask), "fwd+bwd" is training."""
     x = x.detach().requires_grad_(backward)
     start = time.perf_counter()
-    out = model(x)
-    out = out[0] if isinstance(out, tuple) else out
-    if backward:
-        out.float().square().mean().backward()
+    with torch.set_grad_enabled(backward):
+        out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        if backward:
+            out.float().square().mean().backward()
     return time.perf_counter() - start
 
 

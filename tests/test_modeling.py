@@ -187,7 +187,8 @@ def test_moe_dispatch_matches_naive_reference_values_and_gradients(padding_facto
         torch.nn.init.normal_(p, std=0.2)
     x = torch.randn(2, 9, config.hidden_size, requires_grad=True)
     fast, stats = moe(x)
-    layout = modeling.expert_layout(moe.router(x.reshape(-1, config.hidden_size))[3].reshape(-1), 6)
+    slot_expert = moe.router(x.reshape(-1, config.hidden_size))[3].reshape(-1)
+    layout = modeling.expert_layout(slot_expert, 6, torch.bincount(slot_expert, minlength=6))
     assert (layout.capacity is not None) == (padding_factor > 1)
     assert torch.allclose(stats.expert_load.sum(), torch.tensor(1.0))
     grads_fast = torch.autograd.grad(fast.square().sum(), [x, *moe.parameters()])
@@ -196,6 +197,27 @@ def test_moe_dispatch_matches_naive_reference_values_and_gradients(padding_facto
     assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4)
     for gf, gs in zip(grads_fast, grads_slow):
         assert torch.allclose(gf, gs, atol=1e-4, rtol=1e-4)
+
+
+def test_moe_inference_path_matches_naive_reference():
+    """Without autograd on CPU the experts run one at a time (forward_per_expert): same values, same stats."""
+    torch.manual_seed(0)
+    config = make_config(num_experts=6, num_experts_per_tok=3)
+    moe = SpanishMoEBertSparseMoE(config)
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 9, config.hidden_size)
+    with torch.no_grad():
+        fast, stats = moe(x)
+        slow = naive_moe(moe, x.reshape(-1, config.hidden_size)).view_as(fast)
+    batched, batched_stats = moe(x)  # autograd on: the batched layout
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(fast, batched, atol=1e-5, rtol=1e-4)
+    assert torch.equal(stats.expert_load, batched_stats.expert_load)
+    assert torch.allclose(stats.aux_loss, batched_stats.aux_loss)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = moe(x)[0]
+    assert low.dtype == torch.float32 and torch.allclose(low, slow, atol=0.05, rtol=0.05)
 
 
 def test_moe_skips_padding_tokens():
