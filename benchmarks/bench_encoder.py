@@ -26,6 +26,7 @@ allocations, which do not go through Python's allocator.
 import argparse
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -116,14 +117,25 @@ def memory_probe(spec_path: str) -> None:
     print(json.dumps({"peak_rss_increase_mb": (peak - baseline) / 2**20, "rss_before_mb": baseline / 2**20}))
 
 
-def measure_memory(config_dict: dict, batches: list[dict]) -> dict:
+# glibc moves its mmap threshold up as large blocks are freed, after which freed activations stay in the heap
+# and RSS stops following live memory (one model's peak then varied 2x between runs). A fixed threshold
+# keeps every large buffer in its own mapping, returned to the OS when freed.
+PROBE_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
+def measure_memory(config_dict: dict, batches: list[dict], repeats: int) -> dict:
+    """Median peak RSS increase over `repeats` fresh processes, with the spread."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "spec.pt"
         torch.save({"config": config_dict, "batches": batches}, spec)
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory_probe", str(spec)], capture_output=True, text=True, check=True
-        )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        peaks = []
+        for _ in range(repeats):
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory_probe", str(spec)],
+                capture_output=True, text=True, check=True, env=PROBE_ENV,
+            )  # fmt: skip
+            peaks.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_increase_mb"])
+    return {"peak_rss_increase_mb": statistics.median(peaks), "peak_rss_increase_mb_runs": peaks}
 
 
 def main():
@@ -134,6 +146,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--batches", type=int)
     parser.add_argument("--rounds", type=int)
+    parser.add_argument("--memory_repeats", type=int, default=3, help="fresh processes per model (median)")
     parser.add_argument("--memory_probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -171,7 +184,7 @@ def main():
             "active_parameters": params[name][1],
             "round_seconds": seconds[name],
             "tokens_per_second": real_tokens / statistics.median(seconds[name]),
-            **measure_memory(config_dict, batches),
+            **measure_memory(config_dict, batches, args.memory_repeats),
         }
     reference = results["modernbert"]
     for r in results.values():
@@ -184,11 +197,12 @@ def main():
              f"paragraphs, {real_tokens:,} real tokens ({padded_tokens:,} with padding); median of {rounds} "
              f"interleaved rounds; {harness.machine_line()}")  # fmt: skip
     print(f"\n{title}\n")
-    print("| model | total params | active params | tokens/s | vs ModernBERT | peak RSS increase | vs ModernBERT |")
+    print("| model | total params | active params | tokens/s | vs ModernBERT | peak RSS increase (range) | vs ModernBERT |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
-              f"{r['tokens_per_second']:,.0f} | {r['speed_vs_modernbert']:.2f}x | {r['peak_rss_increase_mb']:.0f} MB | "
+              f"{r['tokens_per_second']:,.0f} | {r['speed_vs_modernbert']:.2f}x | {r['peak_rss_increase_mb']:.0f} MB "
+              f"({min(r['peak_rss_increase_mb_runs']):.0f}-{max(r['peak_rss_increase_mb_runs']):.0f}) | "
               f"{r['memory_vs_modernbert']:.2f}x |")  # fmt: skip
 
     output = harness.RESULTS / f"bench_encoder{'_quick' if args.quick else ''}.json"
@@ -196,7 +210,8 @@ def main():
     output.write_text(json.dumps({
         "benchmark": "bench_encoder", "quick": args.quick, "model_config": Path(config_path).name, "shape": shape,
         "batch_size": args.batch_size, "batches": num_batches, "rounds": rounds, "real_tokens": real_tokens,
-        "padded_tokens": padded_tokens, "memory": "peak psutil RSS minus RSS before the batches, fresh process per model",
+        "padded_tokens": padded_tokens, "memory": "median over fresh processes of peak psutil RSS minus RSS before the batches, "
+        "MALLOC_MMAP_THRESHOLD_=131072",
         "machine": harness.machine(), "results": results,
     }, indent=2) + "\n")  # fmt: skip
     print(f"\nwrote {output}")
