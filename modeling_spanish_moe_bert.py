@@ -352,18 +352,22 @@ class SpanishMoEBertExperts(nn.Module):
         x, gate_up_proj, down_proj = x.to(dtype), self.gate_up_proj.to(dtype), self.down_proj.to(dtype)
         if layout.capacity is not None:
             e = gate_up_proj.shape[0]
-            h = torch.bmm(x.view(e, layout.capacity, -1), gate_up_proj).flatten(0, 1)  # (E * cap, 2I)
+            h = torch.bmm(x.view(e, layout.capacity, x.shape[-1]), gate_up_proj).flatten(0, 1)  # (E * cap, 2I)
         else:
             h = grouped_matmul(x, gate_up_proj, layout.offsets)  # (rows, 2I)
         gate, up = h.chunk(2, dim=-1)
         # The routing weight is applied before the (linear) down projection: same result, I-wide not H-wide.
         h = self.act(gate) * up * weights.to(dtype)[:, None]
         if layout.capacity is not None:
-            return torch.bmm(h.view(e, layout.capacity, -1), down_proj).flatten(0, 1)
+            return torch.bmm(h.view(e, layout.capacity, h.shape[-1]), down_proj).flatten(0, 1)
         return grouped_matmul(h, down_proj, layout.offsets)
 
-    def forward_per_expert(self, x: torch.Tensor, slot_expert: torch.Tensor, slot_weights: torch.Tensor, top_k: int):
-        """Inference without autograd: (tokens, H) -> (tokens, H), one expert at a time.
+    def forward_per_expert(
+        self, x: torch.Tensor, slot_expert: torch.Tensor, slot_weights: torch.Tensor, tokens_per_expert: torch.Tensor,
+        top_k: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """Inference without autograd: (tokens, H) -> (tokens, H), one expert at a time; slot t * k + j is token
+        t's j-th expert, `slot_weights` its routing weight.
 
         Each expert gathers its tokens, runs them and adds them back, so every buffer is expert-sized; on CPU
         this beats gathering all tokens * k rows at once from about 64 tokens up (`benchmarks/bench_moe.py`).
@@ -375,7 +379,7 @@ class SpanishMoEBertExperts(nn.Module):
         token, weights = order // top_k, slot_weights[order].to(dtype)
         y = x.new_zeros(x.shape, dtype=dtype)
         start = 0
-        for e, count in enumerate(torch.bincount(slot_expert, minlength=self.gate_up_proj.shape[0]).tolist()):
+        for e, count in enumerate(tokens_per_expert.tolist()):
             if count:
                 rows = token[start : start + count]
                 gate, up = (x.index_select(0, rows).to(dtype) @ self.gate_up_proj[e].to(dtype)).chunk(2, dim=-1)
@@ -497,12 +501,13 @@ def load_balancing_loss(probs: torch.Tensor, tokens_per_expert: torch.Tensor) ->
     """
     num_experts = probs.shape[-1]
     f = tokens_per_expert.float() / tokens_per_expert.sum().clamp(min=1)
-    return num_experts * torch.sum(f * probs.mean(dim=0))
+    mean_probs = probs.sum(dim=0) / max(probs.shape[0], 1)  # 0, not NaN, for a batch of padding only
+    return num_experts * torch.sum(f * mean_probs)
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     """ST-MoE z-loss: mean squared log-partition of the router logits, keeps them small."""
-    return torch.logsumexp(logits, dim=-1).square().mean()
+    return torch.logsumexp(logits, dim=-1).square().sum() / max(logits.shape[0], 1)
 
 
 class SpanishMoEBertSparseMoE(nn.Module):
@@ -511,7 +516,8 @@ class SpanishMoEBertSparseMoE(nn.Module):
     Dispatch: the tokens * k slots are grouped by expert (argsort + bincount), gathered once into expert rows,
     run through one batched GEMM per projection, and summed back per token; no per-token loop and no dense
     (tokens x experts x hidden) tensor. Gathering and summing back are each other's adjoint, so the backward
-    pass is gathers too.
+    pass is gathers too. CPU inference (no autograd) runs the experts one at a time instead, which keeps every
+    buffer expert-sized and is faster there.
     """
 
     def __init__(self, config: SpanishMoEBertConfig):
@@ -533,7 +539,8 @@ class SpanishMoEBertSparseMoE(nn.Module):
         slot_expert = top_idx.reshape(-1)  # (tokens * k,)
         tokens_per_expert = torch.bincount(slot_expert, minlength=self.num_experts)
         if x.device.type == "cpu" and not torch.is_grad_enabled():
-            y = self.experts.forward_per_expert(x, slot_expert, top_w.reshape(-1), self.top_k).to(x.dtype)
+            y = self.experts.forward_per_expert(x, slot_expert, top_w.reshape(-1), tokens_per_expert, self.top_k)
+            y = y.to(x.dtype)
         else:
             layout = expert_layout(slot_expert, self.num_experts, tokens_per_expert)
             row_weights = torch.cat([top_w.reshape(-1), top_w.new_zeros(1)])[layout.row_slot]

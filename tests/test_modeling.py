@@ -235,6 +235,17 @@ def test_moe_skips_padding_tokens():
     assert torch.allclose(stats.expert_load, stats_real.expert_load)
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["batched", "per-expert"])
+def test_moe_batch_of_padding_only_gives_zeros_and_finite_losses(grad):
+    config = tiny_config()
+    moe = SpanishMoEBertSparseMoE(config)
+    x = torch.randn(2, 3, config.hidden_size, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        y, stats = moe(x, torch.zeros(2, 3, dtype=torch.bool))
+    assert torch.equal(y, torch.zeros_like(y))
+    assert stats.aux_loss == 0 and stats.z_loss == 0
+
+
 def test_load_balancing_loss_is_one_for_uniform_routing_and_larger_otherwise():
     e = 8
     uniform = load_balancing_loss(torch.full((64, e), 1 / e), torch.full((e,), 16))
