@@ -28,8 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--datasets",
         nargs="*",
-        default=list(DEFAULT_DATASETS),
-        help="Hub dataset ids listed in the card's metadata (none: give the flag without values)",
+        help="Hub dataset ids listed in the card's metadata (none: give the flag without values). Default: those "
+        f"named by model_dir's card (run_mlm.py writes it), else {', '.join(DEFAULT_DATASETS)}",
     )
     parser.add_argument("--pooling", choices=POOLING_MODES, default="cls", help="Sentence Transformers pooling")
     parser.add_argument("--push_to_hub", action="store_true", help="upload the folder to --hub_model_id")

@@ -292,17 +292,14 @@ def export_embedding_model(
     every Auto class; then the prompts and training sequence length go into the Sentence Transformers files.
     The card keeps the pre-training data named by the checkpoint's own card.
     """
-    from huggingface_hub import ModelCard
-
     from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-    from spanish_moe_bert.export import export_model
+    from spanish_moe_bert.export import card_datasets, export_model
 
     mlm = SpanishMoEBertForMaskedLM.from_pretrained(args.model_name_or_path)
     mlm.model.load_state_dict(model[0].model.state_dict())
     mlm.save_pretrained(output_dir)
     model.tokenizer.save_pretrained(output_dir)
-    source_card = Path(args.model_name_or_path, "README.md")
-    datasets = (ModelCard.load(source_card).data.datasets or []) if source_card.is_file() else []
+    datasets = card_datasets(args.model_name_or_path) or []
     stage = (
         f"Then a contrastive stage with Sentence Transformers (`train_sentence_embeddings.py`): {num_pairs:,} "
         "unsupervised pairs from Spanish documents (independent crops, neighbouring paragraphs, heading → body), "

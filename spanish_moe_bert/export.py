@@ -361,7 +361,7 @@ def export_model(
     *,
     eval_results: dict | None = None,
     eval_files: Sequence[str] | None = None,
-    datasets: Sequence[str] = DEFAULT_DATASETS,
+    datasets: Sequence[str] | None = None,
     pooling: str = "cls",
     sentence_stage: str | None = None,
     push_to_hub: bool = False,
@@ -372,7 +372,8 @@ def export_model(
 
     Held-out metrics for the card come from `eval_results` (run_mlm.py's `eval_*` metrics), else from
     `eval_files` (measured here), else from `model_dir/eval_results.json` if the Trainer wrote one.
-    `sentence_stage` (markdown) describes a contrastive stage after pre-training; the card's training table
+    `datasets` (Hub ids for the card) default to those named by a card already in `model_dir` (run_mlm.py
+    writes one), else DEFAULT_DATASETS. `sentence_stage` (markdown) describes a contrastive stage after pre-training; the card's training table
     and loss curve are then that stage's.
     Returns the folder; with `push_to_hub` also uploads it to `hub_model_id` (raises HubPushError on failure).
     """
@@ -385,6 +386,9 @@ def export_model(
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} holds no config.json: give a folder saved by run_mlm.py or save_pretrained")
 
+    if datasets is None:
+        datasets = card_datasets(model_dir)
+        datasets = DEFAULT_DATASETS if datasets is None else datasets
     model = SpanishMoEBertForMaskedLM.from_pretrained(model_dir).eval()
     tokenizer = SpanishSPMTokenizer.from_pretrained(model_dir)
     config = model.config
@@ -430,6 +434,12 @@ def export_model(
     if push_to_hub:
         push_folder(output_dir, hub_model_id, private=private)
     return output_dir
+
+
+def card_datasets(folder: str | Path) -> list[str] | None:
+    """The datasets named by the model card in `folder` ([] for local data), or None where it has no card."""
+    card = Path(folder) / "README.md"
+    return (ModelCard.load(card).data.datasets or []) if card.is_file() else None
 
 
 def move_into(staging: Path, output_dir: Path) -> None:

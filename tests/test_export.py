@@ -84,6 +84,14 @@ def test_model_card_metadata_and_content(exported):
         assert text in card.text, text
 
 
+def test_re_export_keeps_the_datasets_the_checkpoint_card_names(checkpoint, tmp_path):
+    local = export.export_model(checkpoint, tmp_path / "local", datasets=[])  # as run_mlm.py does for --train_file
+    assert ModelCard.load(local / "README.md").data.datasets is None
+    again = export.export_model(local, tmp_path / "again")  # export_model.py without --datasets
+    assert ModelCard.load(again / "README.md").data.datasets is None
+    assert "Training data: local Spanish text." in (again / "README.md").read_text()
+
+
 def test_parameter_counts_leave_out_inactive_experts():
     config = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json")
     model = SpanishMoEBertForMaskedLM(config)
