@@ -404,10 +404,8 @@ class ExpertLayout:
     slot_row: (num_slots,) the row of each slot.
     offsets: (E,) cumulative row counts per expert (packed layout), or None.
     capacity: rows per expert (padded layout), or None.
-    tokens_per_expert: (E,) slots routed to each expert.
     """
 
-    tokens_per_expert: torch.Tensor
     row_slot: torch.Tensor
     slot_row: torch.Tensor
     offsets: torch.Tensor | None
@@ -419,8 +417,9 @@ class ExpertLayout:
 MAX_PADDING_FACTOR = 2.0
 
 
-def expert_layout(slot_expert: torch.Tensor, num_experts: int, tokens_per_expert: torch.Tensor) -> ExpertLayout:
-    num_slots = slot_expert.numel()
+def expert_layout(slot_expert: torch.Tensor, tokens_per_expert: torch.Tensor) -> ExpertLayout:
+    """`slot_expert`: (slots,) the expert of each slot; `tokens_per_expert`: (E,) its bincount."""
+    num_slots, num_experts = slot_expert.numel(), tokens_per_expert.numel()
     order = slot_expert.argsort(stable=True)  # slots grouped by expert
     offsets = tokens_per_expert.cumsum(0)
     use_grouped_kernel = slot_expert.device.type == "cuda" and hasattr(F, "grouped_mm")
@@ -432,8 +431,8 @@ def expert_layout(slot_expert: torch.Tensor, num_experts: int, tokens_per_expert
         row_slot[sorted_row] = order
         slot_row = torch.empty_like(order)
         slot_row[order] = sorted_row
-        return ExpertLayout(tokens_per_expert, row_slot, slot_row, None, capacity)
-    return ExpertLayout(tokens_per_expert, order, order.argsort(), offsets.to(torch.int32), None)
+        return ExpertLayout(row_slot, slot_row, None, capacity)
+    return ExpertLayout(order, order.argsort(), offsets.to(torch.int32), None)
 
 
 def dispatch_rows(x: torch.Tensor, layout: ExpertLayout, top_k: int) -> torch.Tensor:
@@ -542,7 +541,7 @@ class SpanishMoEBertSparseMoE(nn.Module):
             y = self.experts.forward_per_expert(x, slot_expert, top_w.reshape(-1), tokens_per_expert, self.top_k)
             y = y.to(x.dtype)
         else:
-            layout = expert_layout(slot_expert, self.num_experts, tokens_per_expert)
+            layout = expert_layout(slot_expert, tokens_per_expert)
             row_weights = torch.cat([top_w.reshape(-1), top_w.new_zeros(1)])[layout.row_slot]
             x_rows = _Dispatch.apply(x, layout, self.top_k)  # (rows, H)
             y_rows = self.experts(x_rows, row_weights, layout)
@@ -801,6 +800,12 @@ class SpanishMoEBertPredictionHead(nn.Module):
         return self.norm(self.act(self.dense(hidden_states)))
 
 
+def log_unigram_prior(token_counts: torch.Tensor) -> torch.Tensor:
+    """Log frequencies of the token ids, add-one smoothed: an MLM output bias that predicts the unigram distribution."""
+    smoothed = token_counts.to(torch.float64) + 1.0
+    return (smoothed / smoothed.sum()).log()
+
+
 class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
     """Encoder + MLM head whose decoder is tied to the input embeddings. Loss = MLM + weighted router losses."""
 
@@ -830,8 +835,7 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
         """
         if token_counts.shape != self.decoder_bias.shape:
             raise ValueError(f"token_counts has shape {tuple(token_counts.shape)}, expected ({self.config.vocab_size},)")
-        smoothed = token_counts.to(torch.float64) + 1.0
-        self.decoder_bias.copy_((smoothed / smoothed.sum()).log().to(self.decoder_bias.dtype))
+        self.decoder_bias.copy_(log_unigram_prior(token_counts))
 
     @can_return_tuple
     def forward(

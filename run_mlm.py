@@ -275,21 +275,9 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
             eval_blocks, tokenizer, data_args.mlm_probability, data_args.max_eval_samples, training_args.seed
         )
 
-    # Model. From scratch, the output bias starts at the unigram prior, counted on the same (unsharded) blocks by
-    # every rank so that all ranks start identical; a resumed run then loads its checkpoint's weights over it.
+    # Model, and resume: the newest complete checkpoint, and each rank's position in its stream.
     model = build_model(model_args, tokenizer)
-    if model_args.model_name_or_path is None and model_args.output_prior_examples > 0:
-        prior_blocks = tokenize_stream(
-            train_documents, tokenizer, data_args.max_seq_length, data_args.line_by_line, data_args.map_batch_size
-        )
-        model.init_decoder_bias_from_counts(
-            token_counts(
-                prior_blocks, model.config.vocab_size, model_args.output_prior_examples, tokenizer.all_special_ids
-            )
-        )
     logger.info(f"model: {model.num_parameters():,} parameters, vocabulary {model.config.vocab_size}")
-
-    # Resume: the newest complete checkpoint, and each rank's position in its stream.
     checkpoint = resolve_checkpoint(training_args)
     if checkpoint is not None:
         stream_states = read_stream_states(checkpoint)
@@ -299,6 +287,17 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
             )
         train_stream.load_state_dict(stream_states[rank])
         logger.info(f"resuming from {checkpoint}")
+    elif model_args.model_name_or_path is None and model_args.output_prior_examples > 0:
+        # From scratch, the output bias starts at the unigram prior, counted on the same (unsharded) blocks by
+        # every rank so that all ranks start identical.
+        prior_blocks = tokenize_stream(
+            train_documents, tokenizer, data_args.max_seq_length, data_args.line_by_line, data_args.map_batch_size
+        )
+        model.init_decoder_bias_from_counts(
+            token_counts(
+                prior_blocks, model.config.vocab_size, model_args.output_prior_examples, tokenizer.all_special_ids
+            )
+        )
 
     # Trainer. --push_to_hub uploads the exported folder once at the end, not every checkpoint as the Trainer would.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False

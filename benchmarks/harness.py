@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 from transformers import BertConfig, ModernBertConfig  # noqa: E402
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
+from modeling_spanish_moe_bert import log_unigram_prior  # noqa: E402
 from spanish_moe_bert.corpus import iter_texts  # noqa: E402
 from spanish_moe_bert.data import pack_documents  # noqa: E402
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
@@ -177,9 +178,7 @@ def init_output_prior(model, counts: torch.Tensor) -> None:
     if hasattr(model, "init_decoder_bias_from_counts"):
         model.init_decoder_bias_from_counts(counts)
         return
-    bias = model.get_output_embeddings().bias
-    smoothed = counts.to(torch.float64) + 1.0
-    bias.copy_((smoothed / smoothed.sum()).log().to(bias.dtype))
+    model.get_output_embeddings().bias.copy_(log_unigram_prior(counts))
 
 
 def training_loss(model, batch) -> torch.Tensor:
@@ -221,12 +220,14 @@ def train_side_by_side(
     step each in turn; evaluate all every `eval_every` steps. Wall time counts only each model's own steps.
     Every model's output bias starts at the unigram log prior of the training labels, except those named in
     `without_output_prior` (an ablation), which keep their own init."""
-    runs = {}
+    runs, prior_counts = {}, None
     for name, factory in factories.items():
         torch.manual_seed(seed)  # same init RNG stream for every contender
         model = factory().train()
         if name not in without_output_prior:
-            init_output_prior(model, output_prior_counts(batches, model.config.vocab_size))
+            if prior_counts is None:  # one tokenizer, so one count for all
+                prior_counts = output_prior_counts(batches, model.config.vocab_size)
+            init_output_prior(model, prior_counts)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
         warmup = max(1, int(steps * warmup_fraction))
         schedule = torch.optim.lr_scheduler.LambdaLR(
