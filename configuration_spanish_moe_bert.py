@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 ATTENTION_TYPES = ("mha", "gqa", "mla")
 MLP_LAYER_TYPES = ("sparse", "dense")
 NORM_TYPES = ("dyt", "layernorm", "rmsnorm")
+MOE_IMPLEMENTATIONS = ("per_expert", "grouped_mm", "padded_bmm", "loop", "compiled_fallback")
 
 # Every checkpoint maps all Auto classes, so AutoModel loads a checkpoint saved from the MLM model and vice versa.
 AUTO_MAP = {
@@ -44,6 +45,9 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     `intermediate_size`). The router is a softmax top-k without token dropping, trained with the
     Switch-Transformer load-balancing loss (`router_aux_loss_coef`) and the ST-MoE router z-loss
     (`router_z_loss_coef`); `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training.
+    How the experts run is chosen per call from the device, dtype, autograd and compile state
+    (`modeling_spanish_moe_bert.expert_path`); `moe_implementation` forces one of `MOE_IMPLEMENTATIONS` instead
+    (benchmarks, debugging).
 
     Normalization: `"dyt"` is Dynamic Tanh, `DyT(x) = weight * tanh(alpha * x) + bias` with a learnable scalar
     alpha initialised to `dyt_alpha_init_attention` before attention and to `dyt_alpha_init_ffn` before the
@@ -57,6 +61,10 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     MLM output bias can start at the unigram log prior (`SpanishMoEBertForMaskedLM.init_decoder_bias_from_counts`,
     which `run_mlm.py` calls). Without these, DyT saturates early in training on one direction shared by every
     token, and all tokens end up with the same representation.
+
+    `sparse_prediction`: given `labels`, the masked-LM head runs only at the labelled positions (its 50k-wide
+    decoder is about a third of a token's FLOPs at the published widths) and returns `(num_labelled, vocab_size)`
+    logits, as ModernBERT's option of that name does; without labels it always returns logits at every position.
     """
 
     model_type = "spanish_moe_bert"
@@ -88,6 +96,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0
+    moe_implementation: str | None = None
     hidden_act: str = "silu"
     norm_type: str = "dyt"
     norm_eps: float = 1e-5
@@ -100,6 +109,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     embedding_multiplier: float | None = None
     pad_token_id: int | None = 0
     tie_word_embeddings: bool = True
+    sparse_prediction: bool = True
 
     def __post_init__(self, **kwargs):
         if self.attention_pattern is None:
@@ -178,6 +188,11 @@ class SpanishMoEBertConfig(PreTrainedConfig):
                 raise ValueError(
                     f"`{field}` has {len(values)} entries but `num_hidden_layers` is {self.num_hidden_layers}"
                 )
+        if self.moe_implementation is not None and self.moe_implementation not in MOE_IMPLEMENTATIONS:
+            raise ValueError(
+                f"`moe_implementation` must be None (automatic) or one of {list(MOE_IMPLEMENTATIONS)}, "
+                f"got {self.moe_implementation!r}"
+            )
         if self.norm_type not in NORM_TYPES:
             raise ValueError(f"`norm_type` must be one of {list(NORM_TYPES)}, got {self.norm_type!r}")
         for name in ("attention_dropout", "hidden_dropout", "embedding_dropout", "classifier_dropout"):

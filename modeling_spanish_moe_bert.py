@@ -26,6 +26,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 try:  # loaded as Hub remote code: a module of the package transformers_modules.<checkpoint>
     from .configuration_spanish_moe_bert import SpanishMoEBertConfig
@@ -166,7 +167,9 @@ def eager_attention_forward(
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     att = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, T)
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # a mask made for sdpa: True = attend
+        att = att.masked_fill(~attention_mask, torch.finfo(att.dtype).min)
+    elif attention_mask is not None:
         att = att + attention_mask
     att = F.softmax(att, dim=-1, dtype=torch.float32).to(query.dtype)
     att = F.dropout(att, p=dropout, training=module.training)
@@ -174,7 +177,10 @@ def eager_attention_forward(
     return y, att
 
 
-def attention_interface(config: SpanishMoEBertConfig) -> Callable:
+def attention_interface(config: SpanishMoEBertConfig, output_attentions: bool = False) -> Callable:
+    """The configured attention function; eager when the attention maps are asked for (fused kernels keep none)."""
+    if output_attentions:
+        return eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
 
 
@@ -206,17 +212,10 @@ class SpanishMoEBertAttention(nn.Module):
         v = self.v_proj(hidden_states).view(b, t, -1, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y, att = attention_interface(self.config)(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        return self.o_proj(y.reshape(b, t, -1)), att
+        attend = attention_interface(self.config, kwargs.get("output_attentions", False))
+        dropout = self.config.attention_dropout if self.training else 0.0
+        y, att = attend(self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs)
+        return self.o_proj(y.reshape(b, t, -1)), att  # (B, T, hidden), (B, H, T, T) or None
 
 
 class SpanishMoEBertLatentAttention(nn.Module):
@@ -268,23 +267,16 @@ class SpanishMoEBertLatentAttention(nn.Module):
         q_rope, k_rope = apply_rotary(q_rope, cos, sin), apply_rotary(k_rope, cos, sin)
         q = torch.cat((q_nope, q_rope), dim=-1)
         k = torch.cat((k_nope, k_rope.expand(b, self.num_heads, t, self.rope_dim)), dim=-1)
+        attend = attention_interface(self.config, kwargs.get("output_attentions", False))
         # Fused SDPA kernels need one head size for q, k and v: zero-pad v to the q/k size, drop the padding after.
-        pad_v = self.v_head_dim < self.qk_head_dim and self.config._attn_implementation != "eager"
+        pad_v = self.v_head_dim < self.qk_head_dim and attend is not eager_attention_forward
         if pad_v:
             v = F.pad(v, (0, self.qk_head_dim - self.v_head_dim))
-        y, att = attention_interface(self.config)(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        dropout = self.config.attention_dropout if self.training else 0.0
+        y, att = attend(self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs)
         if pad_v:
             y = y[..., : self.v_head_dim]
-        return self.o_proj(y.reshape(b, t, -1)), att
+        return self.o_proj(y.reshape(b, t, -1)), att  # (B, T, hidden), (B, H, T, T) or None
 
 
 ATTENTION_CLASSES = {
@@ -315,78 +307,63 @@ class SpanishMoEBertMLP(nn.Module):
         return self.down_proj(self.act(gate) * up)
 
 
-def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """`x[rows of group e] @ weight[e]` for contiguous row groups ending at `offsets` (int32, cumulative).
+# Padding every expert's rows to the busiest expert's count (one bmm) is only worth it while it at most doubles them.
+MAX_PADDING_FACTOR = 2.0
 
-    One grouped GEMM where torch has a kernel for it (CPU, and CUDA bf16 on sm80+); elsewhere (older torch,
-    fp16/fp32 on CUDA, e.g. a Tesla P40) one matmul per expert group.
+
+def expert_path(
+    x: torch.Tensor, tokens_per_expert: torch.Tensor, rows_sorted: bool = False, forced: str | None = None
+) -> str:
+    """How the MoE layer runs its experts on the routed tokens `x`: the one place this is decided.
+
+    | when (first match)                                          | path                  |
+    |-------------------------------------------------------------|-----------------------|
+    | `config.moe_implementation` is set (`forced`)               | that one              |
+    | `torch.export` / ONNX export                                | `"per_expert"`        |
+    | CPU, no autograd, eager                                     | `"per_expert"`        |
+    | `F.grouped_mm` runs this device and dtype (`grouped_mm_available`: CPU; CUDA bf16 on sm80+; compiled: bf16 only) | `"grouped_mm"` |
+    | `torch.compile`                                             | `"compiled_fallback"` |
+    | busiest expert <= `MAX_PADDING_FACTOR` x the mean load       | `"padded_bmm"`        |
+    | otherwise                                                   | `"loop"`              |
+
+    - `per_expert`: a loop over experts, each gathering its tokens (`torch.where`) and adding its output back.
+      Every buffer is expert-sized and nothing waits on the host, so it is the fastest CPU inference and it
+      exports (the token counts become data-dependent dimensions).
+    - The other paths sort the token slots by expert, gather them once into rows and run one grouped GEMM per
+      projection over the rows of each expert: `grouped_mm` in one kernel; `padded_bmm` pads every expert to the
+      busiest one's rows and runs one `bmm` (e.g. fp32/fp16 on a Tesla P40 or V100); `loop` runs one GEMM per
+      expert. The last two read the token counts on the host.
+    - `compiled_fallback`: the compiler cannot trace those host reads, so the eager choice among `grouped_mm`,
+      `padded_bmm` and `loop` runs inside a custom operator that the compiled graph calls as one kernel. The
+      operator asks this function again with `rows_sorted=True`, which skips the first four rows of the table.
     """
-    if hasattr(F, "grouped_mm") and (x.device.type == "cpu" or _cuda_grouped_mm_ok(x)):
-        return F.grouped_mm(x, weight, offs=offsets)
-    ends = offsets.tolist()
-    starts = [0] + ends[:-1]
-    return torch.cat([x[s:e] @ weight[i] for i, (s, e) in enumerate(zip(starts, ends))])
+    if forced is not None:
+        return forced
+    exporting = hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()
+    compiling = torch.compiler.is_compiling() and not rows_sorted
+    if not rows_sorted and (exporting or (x.device.type == "cpu" and not torch.is_grad_enabled() and not compiling)):
+        return "per_expert"
+    if grouped_mm_available(x.device, _compute_dtype(x), compiling):
+        return "grouped_mm"
+    if compiling:
+        return "compiled_fallback"
+    busiest, rows = torch.stack([tokens_per_expert.max(), tokens_per_expert.sum()]).tolist()
+    return "padded_bmm" if tokens_per_expert.numel() * busiest <= MAX_PADDING_FACTOR * max(rows, 1) else "loop"
 
 
-def _cuda_grouped_mm_ok(x: torch.Tensor) -> bool:
-    return x.device.type == "cuda" and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 8
+def grouped_mm_available(device: torch.device, dtype: torch.dtype, compiling: bool = False) -> bool:
+    """Whether `F.grouped_mm` (torch >= 2.9) has a kernel for this device and dtype: on CPU for every float dtype,
+    on CUDA for bf16 from compute capability 8.0 (A100, H100). Traced by torch.compile it takes bf16 only."""
+    if not hasattr(F, "grouped_mm") or (compiling and dtype != torch.bfloat16):
+        return False
+    if device.type == "cuda":
+        return dtype == torch.bfloat16 and _cuda_capability(device.index) >= (8, 0)
+    return device.type == "cpu"
 
 
-class SpanishMoEBertExperts(nn.Module):
-    """`num_experts` SwiGLU experts stored as stacked tensors (compact state dict, batched GEMMs).
-
-    Rows come grouped by expert in one of two layouts (see `ExpertLayout`): padded to the same `capacity` per
-    expert, run as one `bmm` per projection, or packed back to back, run as grouped GEMMs over `offsets`.
-    """
-
-    def __init__(self, config: SpanishMoEBertConfig):
-        super().__init__()
-        e, h, i = config.num_experts, config.hidden_size, config.moe_intermediate_size
-        self.gate_up_proj = nn.Parameter(torch.empty(e, h, 2 * i))  # (E, in, out)
-        self.down_proj = nn.Parameter(torch.empty(e, i, h))
-        self.act = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, layout: "ExpertLayout") -> torch.Tensor:
-        """x: (rows, hidden) in `layout`; weights: (rows,) routing weight of each row."""
-        dtype = _compute_dtype(x)
-        x, gate_up_proj, down_proj = x.to(dtype), self.gate_up_proj.to(dtype), self.down_proj.to(dtype)
-        if layout.capacity is not None:
-            e = gate_up_proj.shape[0]
-            h = torch.bmm(x.view(e, layout.capacity, x.shape[-1]), gate_up_proj).flatten(0, 1)  # (E * cap, 2I)
-        else:
-            h = grouped_matmul(x, gate_up_proj, layout.offsets)  # (rows, 2I)
-        gate, up = h.chunk(2, dim=-1)
-        # The routing weight is applied before the (linear) down projection: same result, I-wide not H-wide.
-        h = self.act(gate) * up * weights.to(dtype)[:, None]
-        if layout.capacity is not None:
-            return torch.bmm(h.view(e, layout.capacity, h.shape[-1]), down_proj).flatten(0, 1)
-        return grouped_matmul(h, down_proj, layout.offsets)
-
-    def forward_per_expert(
-        self, x: torch.Tensor, slot_expert: torch.Tensor, slot_weights: torch.Tensor, tokens_per_expert: torch.Tensor,
-        top_k: int,
-    ) -> torch.Tensor:  # fmt: skip
-        """Inference without autograd: (tokens, H) -> (tokens, H), one expert at a time; slot t * k + j is token
-        t's j-th expert, `slot_weights` its routing weight.
-
-        Each expert gathers its tokens, runs them and adds them back, so every buffer is expert-sized; on CPU
-        this beats gathering all tokens * k rows at once from about 64 tokens up (`benchmarks/bench_moe.py`).
-        With autograd the batched layout is faster, since per-expert slices of the stacked weights make
-        their gradients accumulate expert by expert.
-        """
-        dtype = _compute_dtype(x)
-        order = slot_expert.argsort(stable=True)  # slots grouped by expert
-        token, weights = order // top_k, slot_weights[order].to(dtype)
-        y = x.new_zeros(x.shape, dtype=dtype)
-        start = 0
-        for e, count in enumerate(tokens_per_expert.tolist()):
-            if count:
-                rows = token[start : start + count]
-                gate, up = (x.index_select(0, rows).to(dtype) @ self.gate_up_proj[e].to(dtype)).chunk(2, dim=-1)
-                h = self.act(gate) * up * weights[start : start + count, None]
-                y.index_add_(0, rows, h @ self.down_proj[e].to(dtype))
-            start += count
-        return y
+@torch.compiler.assume_constant_result
+def _cuda_capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -396,80 +373,155 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-@dataclass
-class ExpertLayout:
-    """Where each routed slot (token t's j-th expert is slot t * k + j) lives among the expert rows.
-
-    row_slot: (rows,) the slot in each row, or `num_slots` for a padding row (a zero input).
-    slot_row: (num_slots,) the row of each slot.
-    offsets: (E,) cumulative row counts per expert (packed layout), or None.
-    capacity: rows per expert (padded layout), or None.
-    """
-
-    row_slot: torch.Tensor
-    slot_row: torch.Tensor
-    offsets: torch.Tensor | None
-    capacity: int | None
+def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, path: str) -> torch.Tensor:
+    """`x[rows of expert e] @ weight[e]` for rows sorted by expert, expert e's ending at `offsets[e]` (int32,
+    cumulative); rows past `offsets[-1]` (padding tokens) give zeros, or garbage with CUDA's grouped_mm."""
+    if path == "grouped_mm":
+        return F.grouped_mm(x, weight, offs=offsets)
+    if path == "compiled_fallback":
+        return torch.ops.spanish_moe_bert.grouped_matmul(x, weight, offsets)
+    if path == "padded_bmm":
+        return _padded_bmm(x, weight, offsets)
+    return _looped_matmul(x, weight, offsets)
 
 
-# Padding every expert to the busiest one's load pays off on CPU, where one bmm runs several times faster than
-# a grouped GEMM of the same FLOPs, as long as padding at most doubles the rows.
-MAX_PADDING_FACTOR = 2.0
+def _padded_bmm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    num_experts = weight.shape[0]
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+    capacity, rows = torch.stack([counts.max(), offsets[-1]]).tolist()
+    expert = torch.repeat_interleave(torch.arange(num_experts, device=x.device), counts, output_size=rows)
+    padded_row = expert * capacity + torch.arange(rows, device=x.device) - (offsets - counts)[expert]  # (rows,)
+    padded = x.new_zeros(num_experts * capacity, x.shape[-1]).index_copy(0, padded_row, x[:rows])
+    y = torch.bmm(padded.view(num_experts, capacity, x.shape[-1]), weight).flatten(0, 1).index_select(0, padded_row)
+    return torch.cat([y, y.new_zeros(x.shape[0] - rows, y.shape[-1])])
 
 
-def expert_layout(slot_expert: torch.Tensor, tokens_per_expert: torch.Tensor) -> ExpertLayout:
-    """`slot_expert`: (slots,) the expert of each slot; `tokens_per_expert`: (E,) its bincount."""
-    num_slots, num_experts = slot_expert.numel(), tokens_per_expert.numel()
-    order = slot_expert.argsort(stable=True)  # slots grouped by expert
-    offsets = tokens_per_expert.cumsum(0)
-    use_grouped_kernel = slot_expert.device.type == "cuda" and hasattr(F, "grouped_mm")
-    capacity = None if use_grouped_kernel else int(tokens_per_expert.max())
-    if capacity is not None and num_experts * capacity <= MAX_PADDING_FACTOR * num_slots:
-        rank_in_expert = torch.arange(num_slots, device=order.device) - (offsets - tokens_per_expert)[slot_expert[order]]
-        sorted_row = slot_expert[order] * capacity + rank_in_expert
-        row_slot = torch.full((num_experts * capacity,), num_slots, dtype=order.dtype, device=order.device)
-        row_slot[sorted_row] = order
-        slot_row = torch.empty_like(order)
-        slot_row[order] = sorted_row
-        return ExpertLayout(row_slot, slot_row, None, capacity)
-    return ExpertLayout(order, order.argsort(), offsets.to(torch.int32), None)
+def _looped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    bounds = [0, *offsets.tolist()]
+    parts = [x[start:end] @ weight[e] for e, (start, end) in enumerate(zip(bounds, bounds[1:]))]
+    return torch.cat([*parts, x.new_zeros(x.shape[0] - bounds[-1], weight.shape[-1])])
 
 
-def dispatch_rows(x: torch.Tensor, layout: ExpertLayout, top_k: int) -> torch.Tensor:
-    """(tokens, H) -> (rows, H): each token copied to the rows of its k slots; padding rows are zero."""
-    x = torch.cat([x, x.new_zeros(1, x.shape[-1])])
-    return x.index_select(0, layout.row_slot // top_k)
+def _eager_grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """The compiled fallback's kernel: `grouped_matmul` with the path the eager code would take."""
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+    return grouped_matmul(x, weight, offsets, expert_path(x, counts, rows_sorted=True))
 
 
-def combine_rows(y: torch.Tensor, layout: ExpertLayout, top_k: int) -> torch.Tensor:
-    """(rows, H) -> (tokens, H): the sum of each token's k slot rows."""
-    return y.index_select(0, layout.slot_row).view(-1, top_k, y.shape[-1]).sum(dim=1)
+def _eager_grouped_matmul_backward(x, weight, offsets, grad):
+    """Gradients of `_eager_grouped_matmul`: `grad @ weight[e].T` per expert's rows, and each expert's `x.T @ grad`."""
+    grad_x = _eager_grouped_matmul(grad, weight.transpose(1, 2), offsets)
+    if grouped_mm_available(x.device, x.dtype):
+        return grad_x, F.grouped_mm(x.t(), grad, offs=offsets)  # (E, in, out), groups along the rows
+    bounds = [0, *offsets.tolist()]
+    return grad_x, torch.stack([x[start:end].t() @ grad[start:end] for start, end in zip(bounds, bounds[1:])])
 
 
-class _Dispatch(torch.autograd.Function):
-    """`dispatch_rows`, whose gradient is `combine_rows`: a gather, where autograd would scatter-add."""
+def _register_compiled_fallback() -> None:
+    """`torch.ops.spanish_moe_bert.grouped_matmul`: `_eager_grouped_matmul` as one opaque kernel for torch.compile."""
+    if hasattr(torch.ops.spanish_moe_bert, "grouped_matmul"):
+        return  # this file is imported twice in a process that has both the installed package and a checkpoint
+
+    @torch.library.custom_op("spanish_moe_bert::grouped_matmul", mutates_args=())
+    def op(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return _eager_grouped_matmul(x, weight, offsets)
+
+    @torch.library.custom_op("spanish_moe_bert::grouped_matmul_backward", mutates_args=())
+    def op_backward(
+        x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _eager_grouped_matmul_backward(x, weight, offsets, grad)
+
+    op.register_fake(lambda x, weight, offsets: x.new_empty(x.shape[0], weight.shape[-1]))
+    op_backward.register_fake(lambda x, weight, offsets, grad: (torch.empty_like(x), torch.empty_like(weight)))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad):
+        return *op_backward(*ctx.saved_tensors, grad.contiguous()), None
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+_register_compiled_fallback()
+
+
+class SpanishMoEBertExperts(nn.Module):
+    """`num_experts` SwiGLU experts stored as stacked tensors (compact state dict, grouped GEMMs)."""
+
+    def __init__(self, config: SpanishMoEBertConfig):
+        super().__init__()
+        e, h, i = config.num_experts, config.hidden_size, config.moe_intermediate_size
+        self.num_experts = e
+        self.gate_up_proj = nn.Parameter(torch.empty(e, h, 2 * i))  # (E, in, out)
+        self.down_proj = nn.Parameter(torch.empty(e, i, h))
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor, path: str) -> torch.Tensor:
+        """x: (rows, H) sorted by expert, expert e's rows ending at `offsets[e]`; weights: (rows,) routing weights."""
+        dtype = _compute_dtype(x)
+        h = grouped_matmul(x.to(dtype), self.gate_up_proj.to(dtype), offsets, path)  # (rows, 2I)
+        gate, up = h.chunk(2, dim=-1)
+        # The routing weight is applied before the (linear) down projection: same result, I-wide not H-wide.
+        h = self.act(gate) * up * weights.to(dtype)[:, None]
+        return grouped_matmul(h, self.down_proj.to(dtype), offsets, path)  # (rows, H)
+
+    def forward_per_expert(self, x: torch.Tensor, top_idx: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
+        """(tokens, H) -> (tokens, H), one expert at a time; `top_idx` / `top_w`: (tokens, k) experts and weights.
+
+        Each expert gathers its tokens, runs them and adds its output back, so every buffer is expert-sized (on CPU
+        this beats gathering all tokens * k rows at once) and nothing is read on the host. With autograd the sorted
+        rows are faster: per-expert slices of the stacked weights make their gradients accumulate expert by expert.
+        """
+        dtype = _compute_dtype(x)
+        y = torch.zeros(x.shape, dtype=dtype, device=x.device)
+        for e in range(self.num_experts):
+            token, slot = torch.where(top_idx == e)  # (n_e,) each; n_e is data-dependent
+            gate, up = (x[token].to(dtype) @ self.gate_up_proj[e].to(dtype)).chunk(2, dim=-1)
+            h = self.act(gate) * up * top_w[token, slot, None].to(dtype)
+            y.index_add_(0, token, h @ self.down_proj[e].to(dtype))
+        return y
+
+
+def gather_rows(x: torch.Tensor, order: torch.Tensor, top_k: int) -> torch.Tensor:
+    """(tokens, H) -> (slots, H): row r holds the token of slot `order[r]` (token t's j-th expert is slot t * k + j)."""
+    return x.index_select(0, order // top_k)
+
+
+def sum_rows(rows: torch.Tensor, inverse: torch.Tensor, top_k: int) -> torch.Tensor:
+    """(slots, H) -> (tokens, H): the sum of each token's k rows; `inverse[slot]` is the row of the slot."""
+    return rows.index_select(0, inverse).view(-1, top_k, rows.shape[-1]).sum(dim=1)
+
+
+class _GatherRows(torch.autograd.Function):
+    """`gather_rows`, whose gradient is `sum_rows`: a gather, where autograd would scatter-add."""
 
     @staticmethod
-    def forward(ctx, x, layout, top_k):
-        ctx.layout, ctx.top_k = layout, top_k
-        return dispatch_rows(x, layout, top_k)
+    def forward(ctx, x, order, inverse, top_k):
+        ctx.save_for_backward(inverse)
+        ctx.top_k = top_k
+        return gather_rows(x, order, top_k)
 
     @staticmethod
     def backward(ctx, grad):
-        return combine_rows(grad, ctx.layout, ctx.top_k), None, None
+        (inverse,) = ctx.saved_tensors
+        return sum_rows(grad, inverse, ctx.top_k), None, None, None
 
 
-class _Combine(torch.autograd.Function):
-    """`combine_rows`, whose gradient is `dispatch_rows`."""
+class _SumRows(torch.autograd.Function):
+    """`sum_rows`, whose gradient is `gather_rows`."""
 
     @staticmethod
-    def forward(ctx, y, layout, top_k):
-        ctx.layout, ctx.top_k = layout, top_k
-        return combine_rows(y, layout, top_k)
+    def forward(ctx, rows, order, inverse, top_k):
+        ctx.save_for_backward(order)
+        ctx.top_k = top_k
+        return sum_rows(rows, inverse, top_k)
 
     @staticmethod
     def backward(ctx, grad):
-        return dispatch_rows(grad, ctx.layout, ctx.top_k), None, None
+        (order,) = ctx.saved_tensors
+        return gather_rows(grad, order, ctx.top_k), None, None, None
 
 
 class SpanishMoEBertRouter(nn.Module):
@@ -493,68 +545,86 @@ class SpanishMoEBertRouter(nn.Module):
         return logits, probs, top_w, top_idx
 
 
-def load_balancing_loss(probs: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
+def _token_mean(values: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """Mean over tokens (dim 0) of the real ones; 0, not NaN, when there are none."""
+    if real is None:
+        return values.sum(dim=0) / max(values.shape[0], 1)
+    weights = real.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
+    return (values * weights).sum(dim=0) / weights.sum().clamp(min=1)
+
+
+def load_balancing_loss(
+    probs: torch.Tensor, tokens_per_expert: torch.Tensor, real: torch.Tensor | None = None
+) -> torch.Tensor:
     """Switch Transformer loss `E * sum_e f_e * P_e`: 1.0 when routing is uniform, larger when it is not.
 
-    f_e is the share of routed token slots sent to expert e, P_e the mean router probability of e.
+    f_e is the share of routed token slots sent to expert e, P_e the mean router probability of e over the real
+    tokens (`real`: (T,) bool, None for all).
     """
     num_experts = probs.shape[-1]
     f = tokens_per_expert.float() / tokens_per_expert.sum().clamp(min=1)
-    mean_probs = probs.sum(dim=0) / max(probs.shape[0], 1)  # 0, not NaN, for a batch of padding only
-    return num_experts * torch.sum(f * mean_probs)
+    return num_experts * torch.sum(f * _token_mean(probs, real))
 
 
-def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """ST-MoE z-loss: mean squared log-partition of the router logits, keeps them small."""
-    return torch.logsumexp(logits, dim=-1).square().sum() / max(logits.shape[0], 1)
+def router_z_loss(logits: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """ST-MoE z-loss: mean squared log-partition of the router logits over the real tokens, keeps them small."""
+    return _token_mean(torch.logsumexp(logits, dim=-1).square(), real)
 
 
 class SpanishMoEBertSparseMoE(nn.Module):
     """Routes each real (non-padding) token to its top-k experts without dropping any.
 
-    Dispatch: the tokens * k slots are grouped by expert (argsort + bincount), gathered once into expert rows,
-    run through one batched GEMM per projection, and summed back per token; no per-token loop and no dense
-    (tokens x experts x hidden) tensor. Gathering and summing back are each other's adjoint, so the backward
-    pass is gathers too. CPU inference (no autograd) runs the experts one at a time instead, which keeps every
-    buffer expert-sized and is faster there.
+    Padding tokens are routed to expert `num_experts`, which does not exist: no expert runs them and no router
+    loss counts them, and every shape stays what it was (nothing waits on the host to count real tokens).
+    `expert_path` decides how the experts run. Sorted paths group the tokens * k slots by expert (one argsort),
+    gather them once into rows, run one grouped GEMM per projection and sum each token's k rows back; no
+    per-token loop, no dense (tokens x experts x hidden) tensor, and the backward pass is gathers too.
     """
 
     def __init__(self, config: SpanishMoEBertConfig):
         super().__init__()
         self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
+        self.forced_path = config.moe_implementation
         self.router = SpanishMoEBertRouter(config)
         self.experts = SpanishMoEBertExperts(config)
 
     def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None):
         b, t, h = hidden_states.shape
-        x = hidden_states.reshape(-1, h)  # (B*T, H)
-        real = None
-        if token_mask is not None:
-            real = token_mask.reshape(-1).nonzero().squeeze(1)
-            x = x[real]  # (tokens, H): padding takes no expert compute and no part in the router losses
-
-        logits, probs, top_w, top_idx = self.router(x)
-        slot_expert = top_idx.reshape(-1)  # (tokens * k,)
-        tokens_per_expert = torch.bincount(slot_expert, minlength=self.num_experts)
-        if x.device.type == "cpu" and not torch.is_grad_enabled():
-            y = self.experts.forward_per_expert(x, slot_expert, top_w.reshape(-1), tokens_per_expert, self.top_k)
-            y = y.to(x.dtype)
-        else:
-            layout = expert_layout(slot_expert, tokens_per_expert)
-            row_weights = torch.cat([top_w.reshape(-1), top_w.new_zeros(1)])[layout.row_slot]
-            x_rows = _Dispatch.apply(x, layout, self.top_k)  # (rows, H)
-            y_rows = self.experts(x_rows, row_weights, layout)
-            y = _Combine.apply(y_rows, layout, self.top_k).to(x.dtype)  # (tokens, H)
-
+        x = hidden_states.reshape(-1, h)  # (T, H)
+        real = None if token_mask is None else token_mask.reshape(-1)  # (T,) bool
+        logits, probs, top_w, top_idx = self.router(x)  # (T, E) fp32, (T, k), (T, k)
         if real is not None:
-            y = torch.zeros_like(hidden_states.reshape(-1, h)).index_copy_(0, real, y)
+            top_idx = top_idx.masked_fill(~real[:, None], self.num_experts)
+            top_w = top_w.masked_fill(~real[:, None], 0.0)
+        slot_expert = top_idx.reshape(-1)  # (T * k,)
+        counts = torch.zeros(self.num_experts + 1, dtype=torch.long, device=x.device)
+        tokens_per_expert = counts.scatter_add_(0, slot_expert, torch.ones_like(slot_expert))[: self.num_experts]
+
+        path = expert_path(x, tokens_per_expert, forced=self.forced_path)
+        if path == "per_expert":
+            y = self.experts.forward_per_expert(x, top_idx, top_w)
+        else:
+            y = self.sorted_experts(x, top_idx, top_w, tokens_per_expert, path, real)
+
         stats = RouterStats(
-            aux_loss=load_balancing_loss(probs, tokens_per_expert),
-            z_loss=router_z_loss(logits),
-            expert_load=(tokens_per_expert.float() / max(slot_expert.numel(), 1)).detach(),
+            aux_loss=load_balancing_loss(probs, tokens_per_expert, real),
+            z_loss=router_z_loss(logits, real),
+            expert_load=tokens_per_expert.float() / tokens_per_expert.sum().clamp(min=1),
         )
-        return y.view(b, t, h), stats
+        return y.to(hidden_states.dtype).view(b, t, h), stats
+
+    def sorted_experts(self, x, top_idx, top_w, tokens_per_expert, path, real):
+        """Slots sorted by expert -> rows -> grouped GEMMs -> each token's k rows summed. (T, H) -> (T, H)."""
+        if real is not None:  # rows past the real slots may come back as garbage: keep it out of both passes
+            x = x.masked_fill(~real[:, None], 0.0)
+        order = top_idx.reshape(-1).argsort(stable=True)  # (S,) slots grouped by expert, padding slots last
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        x_rows = _GatherRows.apply(x, order, inverse, self.top_k)  # (S, H)
+        offsets = tokens_per_expert.cumsum(0).to(torch.int32)
+        y_rows = self.experts(x_rows, top_w.reshape(-1)[order], offsets, path)
+        y = _SumRows.apply(y_rows, order, inverse, self.top_k)  # (T, H)
+        return y if real is None else y.masked_fill(~real[:, None], 0.0)
 
 
 @dataclass
@@ -570,7 +640,10 @@ class RouterStats:
 
 
 class SpanishMoEBertLayer(GradientCheckpointingLayer):
-    """Pre-norm block: `x + attn(norm(x))`, then `x + ffn(norm(x))`, with the attention and FFN type of its index."""
+    """Pre-norm block: `x + attn(norm(x))`, then `x + ffn(norm(x))`, with the attention and FFN type of its index.
+
+    Returns the new hidden states and the router statistics of a sparse layer (None for a dense one).
+    """
 
     def __init__(self, config: SpanishMoEBertConfig, layer_idx: int):
         super().__init__()
@@ -583,7 +656,7 @@ class SpanishMoEBertLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states, attention_mask, position_embeddings, token_mask=None, **kwargs):
-        attn_out, att = self.attn(
+        attn_out, _ = self.attn(
             self.attn_norm(hidden_states), position_embeddings[self.attn.rope_dim], attention_mask, **kwargs
         )
         hidden_states = hidden_states + self.dropout(attn_out)
@@ -593,7 +666,7 @@ class SpanishMoEBertLayer(GradientCheckpointingLayer):
         else:
             mlp_out = self.mlp(self.mlp_norm(hidden_states))
         hidden_states = hidden_states + self.dropout(mlp_out)
-        return hidden_states, att, stats
+        return hidden_states, stats
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -613,6 +686,15 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # Losses are per-batch means: the Trainer must divide them over gradient-accumulation steps itself.
     accepts_loss_kwargs = False
+    # What `output_hidden_states` / `output_attentions` collect (transformers' output-capture hooks): each layer's
+    # output, and the maps of both attention classes (index 1 of their outputs).
+    _can_record_outputs = {
+        "hidden_states": SpanishMoEBertLayer,
+        "attentions": [
+            OutputRecorder(SpanishMoEBertAttention, index=1),
+            OutputRecorder(SpanishMoEBertLatentAttention, index=1),
+        ],
+    }
 
     def _init_weights(self, module: nn.Module):
         std = self.config.initializer_range
@@ -639,8 +721,6 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, SpanishMoEBertRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
-        elif isinstance(module, SpanishMoEBertForMaskedLM):
-            init.zeros_(module.decoder_bias)
 
     def dyt_statistics(
         self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
@@ -707,7 +787,7 @@ class SpanishMoEBertModel(SpanishMoEBertPreTrainedModel):
     """The encoder. `pooler_output` is the final [CLS] (first token) vector, the sentence representation."""
 
     # Loading the encoder alone from a masked-LM checkpoint leaves its head behind, as intended.
-    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^decoder_bias$"]
+    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^decoder\."]
 
     def __init__(self, config: SpanishMoEBertConfig):
         super().__init__(config)
@@ -727,7 +807,7 @@ class SpanishMoEBertModel(SpanishMoEBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    @can_return_tuple
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -735,42 +815,28 @@ class SpanishMoEBertModel(SpanishMoEBertPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         **kwargs,
     ) -> SpanishMoEBertModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`")
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
-        output_attentions = output_attentions or self.config.output_attentions
         hidden_states = self.embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, T, H)
         b, t, _ = hidden_states.shape
         if position_ids is None:
             position_ids = torch.arange(t, device=hidden_states.device).unsqueeze(0).expand(b, t)
         token_mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
-        if token_mask is not None and bool(token_mask.all()):
-            token_mask = None  # decided once here, not in every MoE layer
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         rope = {int(dim): emb(hidden_states, position_ids) for dim, emb in self.rotary_embs.items()}
 
-        all_hidden, all_att, router_stats = [], [], []
+        router_stats = []
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden.append(hidden_states)
-            hidden_states, att, stats = layer(hidden_states, mask, rope, token_mask, **kwargs)
-            if output_attentions:
-                all_att.append(att)
+            hidden_states, stats = layer(hidden_states, mask, rope, token_mask, **kwargs)
             if stats is not None:
                 router_stats.append(stats)
         hidden_states = self.final_norm(hidden_states)
-        if output_hidden_states:
-            all_hidden.append(hidden_states)
 
         return SpanishMoEBertModelOutput(
             last_hidden_state=hidden_states,
             pooler_output=hidden_states[:, 0],
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_att) if output_attentions else None,
             aux_loss=torch.stack([s.aux_loss for s in router_stats]).mean() if router_stats else None,
             z_loss=torch.stack([s.z_loss for s in router_stats]).mean() if router_stats else None,
             expert_load=torch.stack([s.expert_load for s in router_stats]) if router_stats else None,
@@ -807,7 +873,12 @@ def log_unigram_prior(token_counts: torch.Tensor) -> torch.Tensor:
 
 
 class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
-    """Encoder + MLM head whose decoder is tied to the input embeddings. Loss = MLM + weighted router losses."""
+    """Encoder + MLM head whose decoder is tied to the input embeddings. Loss = MLM + weighted router losses.
+
+    With `labels` and `config.sparse_prediction` (the default, as in ModernBERT) the head and the vocabulary-wide
+    decoder run only at the labelled (masked) positions, and `logits` is `(num_labelled, vocab_size)` in the
+    row-major order of `labels != -100`. Without labels (fill-mask, pipelines) `logits` covers every position.
+    """
 
     _tied_weights_keys = {"decoder.weight": "model.embeddings.word_embeddings.weight"}
 
@@ -815,8 +886,7 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
         super().__init__(config)
         self.model = SpanishMoEBertModel(config)
         self.head = SpanishMoEBertPredictionHead(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -833,9 +903,9 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
         pushed to write one shared "frequent words" direction into every token's residual stream, which is what
         saturates DyT early in training (see the README).
         """
-        if token_counts.shape != self.decoder_bias.shape:
+        if token_counts.shape != self.decoder.bias.shape:
             raise ValueError(f"token_counts has shape {tuple(token_counts.shape)}, expected ({self.config.vocab_size},)")
-        self.decoder_bias.copy_(log_unigram_prior(token_counts))
+        self.decoder.bias.copy_(log_unigram_prior(token_counts))
 
     @can_return_tuple
     def forward(
@@ -848,11 +918,22 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
         labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> SpanishMoEBertMaskedLMOutput:
-        outputs = self.model(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
-        logits = self.decoder(self.head(outputs.last_hidden_state)) + self.decoder_bias  # (B, T, V)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state  # (B, T, H)
+        if labels is not None and self.config.sparse_prediction:
+            labelled = labels != -100
+            hidden_states, labels = hidden_states[labelled], labels[labelled]  # (N, H), (N,)
+        logits = self.decoder(self.head(hidden_states))  # (B, T, V), or (N, V)
         loss = mlm_loss = None
         if labels is not None:
-            mlm_loss = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1), ignore_index=-100)
+            mlm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
             loss = mlm_loss + router_loss(self.config, outputs)
         return SpanishMoEBertMaskedLMOutput(
             loss=loss,
@@ -882,7 +963,14 @@ class SpanishMoEBertForSequenceClassification(SpanishMoEBertPreTrainedModel):
         self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
         labels: torch.Tensor | None = None, **kwargs,
     ) -> SequenceClassifierOutput:  # fmt: skip
-        outputs = self.model(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -920,7 +1008,14 @@ class SpanishMoEBertForTokenClassification(SpanishMoEBertPreTrainedModel):
         self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
         labels: torch.Tensor | None = None, **kwargs,
     ) -> TokenClassifierOutput:  # fmt: skip
-        outputs = self.model(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:

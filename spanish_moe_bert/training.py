@@ -128,13 +128,18 @@ def perplexity(mlm_loss: float) -> float:
 
 
 def logits_to_predictions(logits, labels):
-    """Keep per-token argmax and label log-loss instead of [batch, length, vocab] logits (for `compute_metrics`)."""
+    """Keep per-token argmax and label log-loss instead of the logits (for `compute_metrics`), both [batch, length].
+
+    The logits are [batch, length, vocab], or [labelled, vocab] when the model predicts only at the labelled
+    positions (`config.sparse_prediction`); both come back in the labels' shape, so every process contributes
+    arrays the Trainer can pad and gather alike."""
     if isinstance(logits, tuple):  # outputs beyond the logits (router statistics) come along as a tuple
         logits = logits[0]
-    nll = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
-    )
-    return logits.argmax(-1), nll
+    labelled = labels != -100
+    logits = logits[labelled] if logits.dim() == 3 else logits  # (N, V)
+    nll = torch.nn.functional.cross_entropy(logits.float(), labels[labelled], reduction="none")
+    predictions = torch.full_like(labels, -100).masked_scatter(labelled, logits.argmax(-1))
+    return predictions, torch.zeros(labels.shape, dtype=nll.dtype, device=nll.device).masked_scatter(labelled, nll)
 
 
 def mlm_metrics(eval_prediction) -> dict[str, float]:

@@ -69,6 +69,7 @@ def batch(vocab_size=2000, b=3, t=16, seed=0):
         (dict(dyt_alpha_init_ffn=0.0), "dyt_alpha_init_ffn"),
         (dict(q_lora_rank=0), "q_lora_rank"),
         (dict(embedding_multiplier=0.0), "embedding_multiplier"),
+        (dict(moe_implementation="fast"), "moe_implementation"),
     ],
 )
 def test_config_rejects_impossible_values_naming_the_field(kwargs, field):
@@ -177,73 +178,99 @@ def naive_moe(moe: SpanishMoEBertSparseMoE, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("padding_factor", [0.0, 100.0], ids=["packed-grouped-gemm", "padded-bmm"])
-def test_moe_dispatch_matches_naive_reference_values_and_gradients(padding_factor, monkeypatch):
-    monkeypatch.setattr(modeling, "MAX_PADDING_FACTOR", padding_factor)
+PATHS = ["grouped_mm", "padded_bmm", "loop", "compiled_fallback", "per_expert"]
+
+
+def random_moe(path: str | None = None, **overrides) -> SpanishMoEBertSparseMoE:
+    """A MoE layer that always takes `path` (None: the automatic choice), with weights large enough to route unevenly."""
     torch.manual_seed(0)
-    config = make_config(num_experts=6, num_experts_per_tok=3)
-    moe = SpanishMoEBertSparseMoE(config)
+    moe = SpanishMoEBertSparseMoE(make_config(moe_implementation=path, **overrides))
     for p in moe.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    x = torch.randn(2, 9, config.hidden_size, requires_grad=True)
+    return moe
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_moe_path_matches_the_naive_reference_values_and_gradients(path):
+    moe = random_moe(path, num_experts=6, num_experts_per_tok=3)
+    x = torch.randn(2, 9, moe.experts.gate_up_proj.shape[1], requires_grad=True)
     fast, stats = moe(x)
-    slot_expert = moe.router(x.reshape(-1, config.hidden_size))[3].reshape(-1)
-    layout = modeling.expert_layout(slot_expert, torch.bincount(slot_expert, minlength=6))
-    assert (layout.capacity is not None) == (padding_factor > 1)
-    assert torch.allclose(stats.expert_load.sum(), torch.tensor(1.0))
     grads_fast = torch.autograd.grad(fast.square().sum(), [x, *moe.parameters()])
-    slow = naive_moe(moe, x.reshape(-1, config.hidden_size)).view_as(fast)
+    slow = naive_moe(moe, x.reshape(-1, x.shape[-1])).view_as(fast)
     grads_slow = torch.autograd.grad(slow.square().sum(), [x, *moe.parameters()])
     assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4)
     for gf, gs in zip(grads_fast, grads_slow):
         assert torch.allclose(gf, gs, atol=1e-4, rtol=1e-4)
-
-
-def test_moe_inference_path_matches_naive_reference():
-    """Without autograd on CPU the experts run one at a time (forward_per_expert): same values, same stats."""
-    torch.manual_seed(0)
-    config = make_config(num_experts=6, num_experts_per_tok=3)
-    moe = SpanishMoEBertSparseMoE(config)
-    for p in moe.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    x = torch.randn(2, 9, config.hidden_size)
-    with torch.no_grad():
-        fast, stats = moe(x)
-        slow = naive_moe(moe, x.reshape(-1, config.hidden_size)).view_as(fast)
-    batched, batched_stats = moe(x)  # autograd on: the batched layout
-    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4)
-    assert torch.allclose(fast, batched, atol=1e-5, rtol=1e-4)
-    assert torch.equal(stats.expert_load, batched_stats.expert_load)
-    assert torch.allclose(stats.aux_loss, batched_stats.aux_loss)
+    assert torch.allclose(stats.expert_load.sum(), torch.tensor(1.0))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         low = moe(x)[0]
     assert low.dtype == torch.float32 and torch.allclose(low, slow, atol=0.05, rtol=0.05)
 
 
-def test_moe_skips_padding_tokens():
-    torch.manual_seed(0)
-    config = tiny_config()
-    moe = SpanishMoEBertSparseMoE(config)
-    for p in moe.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    x = torch.randn(2, 5, config.hidden_size)
+@pytest.mark.parametrize("path", PATHS)
+def test_every_moe_path_skips_padding_tokens(path):
+    moe = random_moe(path)
+    x = torch.randn(2, 5, moe.experts.gate_up_proj.shape[1], requires_grad=True)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     y, stats = moe(x, mask)
     assert torch.all(y[0, 3:] == 0)
     y_real, stats_real = moe(x.reshape(1, 10, -1)[:, mask.reshape(-1)])
     assert torch.allclose(y[mask], y_real[0], atol=1e-6)
     assert torch.allclose(stats.expert_load, stats_real.expert_load)
+    assert torch.allclose(stats.aux_loss, stats_real.aux_loss) and torch.allclose(stats.z_loss, stats_real.z_loss)
+    (grad,) = torch.autograd.grad(y.square().sum() + stats.aux_loss, x)
+    assert torch.all(grad[0, 3:] == 0) and torch.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("grad", [True, False], ids=["batched", "per-expert"])
-def test_moe_batch_of_padding_only_gives_zeros_and_finite_losses(grad):
-    config = tiny_config()
-    moe = SpanishMoEBertSparseMoE(config)
-    x = torch.randn(2, 3, config.hidden_size, requires_grad=grad)
-    with torch.set_grad_enabled(grad):
-        y, stats = moe(x, torch.zeros(2, 3, dtype=torch.bool))
+@pytest.mark.parametrize("path", PATHS)
+def test_moe_batch_of_padding_only_gives_zeros_and_finite_losses(path):
+    moe = random_moe(path)
+    x = torch.randn(2, 3, moe.experts.gate_up_proj.shape[1])
+    y, stats = moe(x, torch.zeros(2, 3, dtype=torch.bool))
     assert torch.equal(y, torch.zeros_like(y))
     assert stats.aux_loss == 0 and stats.z_loss == 0
+
+
+def test_expert_path_table(monkeypatch):
+    """The decision table of `expert_path` on this CPU, with the facts it cannot see here patched in."""
+    x = torch.randn(6, 4)
+    balanced, skewed = torch.tensor([3, 3, 3, 3]), torch.tensor([12, 0, 0, 0])
+    with torch.no_grad():
+        assert modeling.expert_path(x, balanced) == "per_expert"
+    assert modeling.expert_path(x, balanced) == "grouped_mm"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert modeling.expert_path(x, balanced) == "grouped_mm"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert modeling.expert_path(x, balanced) == "compiled_fallback"  # fp32: the compiled grouped_mm takes bf16 only
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert modeling.expert_path(x, balanced) == "grouped_mm"
+    assert modeling.expert_path(x, balanced, rows_sorted=True) == "grouped_mm"  # inside the fallback: eager rules
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    monkeypatch.setattr(modeling, "grouped_mm_available", lambda device, dtype, compiling=False: False)
+    assert modeling.expert_path(x, balanced) == "padded_bmm"
+    assert modeling.expert_path(x, skewed) == "loop"  # padding would quadruple the rows
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert modeling.expert_path(x, balanced) == "per_expert"
+    assert modeling.expert_path(x, balanced, forced="loop") == "loop"  # config.moe_implementation wins
+
+
+@pytest.mark.parametrize(
+    "device, dtype, compiling, capability, expected",
+    [
+        ("cpu", torch.float32, False, None, True),
+        ("cpu", torch.bfloat16, False, None, True),
+        ("cpu", torch.float32, True, None, False),
+        ("cpu", torch.bfloat16, True, None, True),
+        ("cuda", torch.bfloat16, False, (9, 0), True),
+        ("cuda", torch.bfloat16, False, (8, 0), True),
+        ("cuda", torch.float32, False, (9, 0), False),  # e.g. fp32 on an H100: padded bmm
+        ("cuda", torch.float16, False, (7, 0), False),  # V100
+        ("cuda", torch.bfloat16, False, (6, 1), False),  # Tesla P40
+    ],
+)
+def test_grouped_mm_availability_by_device_dtype_and_compile(device, dtype, compiling, capability, expected, monkeypatch):
+    monkeypatch.setattr(modeling, "_cuda_capability", lambda index: capability)
+    assert modeling.grouped_mm_available(torch.device(device), dtype, compiling) == expected
 
 
 def test_load_balancing_loss_is_one_for_uniform_routing_and_larger_otherwise():
@@ -336,7 +363,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(ids, labels=ids).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model(ids, labels=ids).loss.backward()
     for name, grad in reference.items():
         assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-6), name
@@ -374,7 +401,7 @@ def test_output_bias_starts_at_the_log_unigram_prior():
     counts[10], counts[11] = 98, 48  # add-one smoothed: 99 and 49 of 99 + 49 + (V - 2)
     model.init_decoder_bias_from_counts(counts)
     total = 99 + 49 + model.config.vocab_size - 2
-    probs = model.decoder_bias.softmax(-1)
+    probs = model.decoder.bias.softmax(-1)
     assert probs[10].item() == pytest.approx(99 / total) and probs[11].item() == pytest.approx(49 / total)
     assert probs[12].item() == pytest.approx(1 / total)
     with torch.no_grad():  # an untrained encoder's logits are ~0 next to the prior: it predicts the frequent tokens
