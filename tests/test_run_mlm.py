@@ -82,17 +82,50 @@ def test_json_run_file_with_flag_overrides(tmp_path):
         run_mlm.parse_args([str(run_file)])
 
 
-def test_shipped_run_files_parse():
-    for name in ("train_cpu_demo.json", "train_large_p40.json"):
-        model_args, data_args, training_args = run_mlm.parse_args([str(REPO / "configs" / name)])
-        assert training_args.max_steps > 0 and training_args.save_steps > 0
-    assert data_args.dataset_name == "erickfmm/red_pajama_es_hq_35" and data_args.max_seq_length == 512
+@pytest.mark.parametrize(
+    "name, precision",
+    [("train_large_p40.json", "fp32"), ("train_large_v100.json", "fp16"), ("train_large_a100.json", "bf16")],
+)
+def test_gpu_run_files_parse_and_name_their_generation_s_precision(name, precision, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    assert json.loads((REPO / "configs" / name).read_text())["precision"] == precision
+    model_args, data_args, training_args = run_mlm.parse_args([str(REPO / "configs" / name)])
+    assert training_args.max_steps > 0 and training_args.save_steps > 0
+    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    assert batch * data_args.max_seq_length == 256 * 512  # the published batch: 256 sequences of 512 tokens
+    assert data_args.dataset_name == "erickfmm/red_pajama_es_hq_35" and model_args.model_config == "configs/large.json"
+    assert training_args.precision == ("bf16" if precision == "fp16" else precision)  # no CUDA: fp16 -> bf16
 
 
-def test_fp16_without_cuda_falls_back_to_bf16(tmp_path, monkeypatch):
+def test_cpu_demo_run_file_parses():
+    model_args, data_args, training_args = run_mlm.parse_args([str(REPO / "configs" / "train_cpu_demo.json")])
+    assert training_args.max_steps > 0 and data_args.train_file == ["data/es_corpus_sample.txt"]
+
+
+@pytest.mark.parametrize(
+    "capability, precision",
+    [(None, "fp32"), ((6, 1), "fp32"), ((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")],
+    ids=["cpu", "p40", "v100", "t4", "a100", "h100"],
+)
+def test_automatic_precision_follows_the_gpu_generation(capability, precision):
+    assert run_mlm.precision_for(capability) == precision
+
+
+def test_precision_flags_on_a_machine_without_cuda(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, also on one with
-    *_, training_args = run_mlm.parse_args(["--model_config", str(TINY), "--fp16", "--output_dir", str(tmp_path)])
-    assert not training_args.fp16 and training_args.bf16 and training_args.use_cpu
+
+    def parsed(*flags):
+        return run_mlm.parse_args(["--model_config", str(TINY), "--output_dir", str(tmp_path), *flags])[2]
+
+    auto = parsed()
+    assert auto.precision == "fp32" and not auto.fp16 and not auto.bf16 and auto.use_cpu
+    fp16 = parsed("--fp16")  # a GPU run file on a laptop: bf16 with a warning
+    assert fp16.precision == "bf16" and not fp16.fp16 and fp16.bf16
+    assert parsed("--precision", "bf16").bf16 and parsed("--bf16").precision == "bf16"
+    with pytest.raises(ValueError, match="--precision fp32 contradicts --bf16"):
+        parsed("--precision", "fp32", "--bf16")
+    with pytest.raises(ValueError, match="--precision must be one of"):
+        parsed("--precision", "fp8")
 
 
 def test_train_evaluate_save(tmp_path, tokenizer_dir):
@@ -122,6 +155,21 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     assert metrics["train_loss"] < math.log(512) + 1
     # ... and output_dir is the Hub export (spanish_moe_bert.export), with this run's metrics in the card.
     assert (output_dir / "modules.json").is_file() and (output_dir / "README.md").is_file()
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_losses_as_eager(tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
+    run_mlm.main(run_args(tmp_path / "eager", tokenizer_dir, max_steps=4, save_steps=4))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    run_mlm.main(run_args(tmp_path / "compiled", tokenizer_dir, max_steps=4, save_steps=4, torch_compile="true"))
+    assert os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] == "1"  # one graph per layer kind, reused
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    eager, compiled = losses_by_step(tmp_path / "eager"), losses_by_step(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys() == {1, 2, 3, 4}
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, abs=1e-4), step
 
 
 def test_trains_its_own_tokenizer_when_none_is_given(tmp_path):
