@@ -7,6 +7,9 @@ Contenders (random weights, eval mode, inference_mode), at the shapes of our con
   modernbert   transformers' ModernBertModel, GLU width = our active FFN width
   bert         transformers' BertModel, MLP width 1.5x (same active FFN parameters)
   moe, all-MHA diagnostic: our MoE with multi-head attention in every layer (no GQA/MLA)
+  moe, torch.compile   the moe model compiled (warmed up on every batch shape first, so compile time is not timed)
+  moe, onnxruntime     the moe model exported with `spanish_moe_bert.onnx.write_onnx`, run by onnxruntime on the CPU
+                       with as many threads as torch uses (its memory is not probed)
 
 Input: paragraphs of the bundled corpus in a seeded random order, batches of 32, each padded to its longest
 paragraph (at most 512 tokens). tokens/s counts real (non-padding) tokens. Every model sees the same padded
@@ -45,6 +48,7 @@ from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertMode
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertModel  # noqa: E402
+from spanish_moe_bert.onnx import INPUT_NAMES, write_onnx  # noqa: E402
 
 MODEL_CLASSES = {"spanish_moe_bert": SpanishMoEBertModel, "modernbert": ModernBertModel, "bert": BertModel}
 CONFIG_CLASSES = {"spanish_moe_bert": SpanishMoEBertConfig, "modernbert": ModernBertConfig, "bert": BertConfig}
@@ -82,6 +86,22 @@ def paragraph_batches(tokenizer, batch_size: int, count: int, max_length: int = 
         encoded = tokenizer(chunk, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
         batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
     return batches
+
+
+class OnnxRuntimeEncoder:
+    """An exported model behind the same call as the PyTorch ones."""
+
+    def __init__(self, model: SpanishMoEBertModel, folder: Path):
+        import onnxruntime
+
+        write_onnx(model, folder / "model.onnx")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, ["CPUExecutionProvider"])
+
+    def __call__(self, input_ids, attention_mask):
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
+        return self.session.run(None, {name: feeds[name].numpy() for name in INPUT_NAMES})
 
 
 @torch.inference_mode()
@@ -164,8 +184,13 @@ def main():
 
     configs = {name: c.to_dict() for name, c in contender_configs(config, tokenizer).items()}
     models = {name: build(c) for name, c in configs.items()}
+    params = {name: (sum(p.numel() for p in m.parameters()), harness.active_parameters(m)) for name, m in models.items()}
+    onnx_dir = tempfile.TemporaryDirectory()
+    models["moe, torch.compile"] = torch.compile(models["moe"])
+    models["moe, onnxruntime"] = OnnxRuntimeEncoder(models["moe"], Path(onnx_dir.name))
+    params["moe, torch.compile"] = params["moe, onnxruntime"] = params["moe"]
     for model in models.values():
-        run_batches(model, batches[:1])  # warm-up
+        run_batches(model, batches)  # warm-up; the compiled model compiles for these shapes here
     seconds = {name: [] for name in models}
     for _ in range(rounds):  # interleaved batch by batch, so drift in machine speed hits every model alike
         for name in models:
@@ -173,23 +198,26 @@ def main():
         for batch in batches:
             for name, model in models.items():
                 seconds[name][-1] += run_batches(model, [batch])
-    params = {name: (sum(p.numel() for p in m.parameters()), harness.active_parameters(m)) for name, m in models.items()}
     del models
+    onnx_dir.cleanup()
     gc.collect()
 
     results = {}
-    for name, config_dict in configs.items():
+    for name in seconds:
         results[name] = {
             "total_parameters": params[name][0],
             "active_parameters": params[name][1],
             "round_seconds": seconds[name],
             "tokens_per_second": real_tokens / statistics.median(seconds[name]),
-            **measure_memory(config_dict, batches, args.memory_repeats),
         }
+        if name in configs:
+            results[name] |= measure_memory(configs[name], batches, args.memory_repeats)
     reference = results["modernbert"]
     for r in results.values():
         r["speed_vs_modernbert"] = r["tokens_per_second"] / reference["tokens_per_second"]
-        r["memory_vs_modernbert"] = r["peak_rss_increase_mb"] / max(reference["peak_rss_increase_mb"], 1e-9)
+        r["speed_vs_moe_eager"] = r["tokens_per_second"] / results["moe"]["tokens_per_second"]
+        if "peak_rss_increase_mb" in r:
+            r["memory_vs_modernbert"] = r["peak_rss_increase_mb"] / max(reference["peak_rss_increase_mb"], 1e-9)
 
     shape = f"H {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads, " \
         f"{config.num_experts} experts top-{config.num_experts_per_tok} x {config.moe_intermediate_size}"
@@ -197,13 +225,15 @@ def main():
              f"paragraphs, {real_tokens:,} real tokens ({padded_tokens:,} with padding); median of {rounds} "
              f"interleaved rounds; {harness.machine_line()}")  # fmt: skip
     print(f"\n{title}\n")
-    print("| model | total params | active params | tokens/s | vs ModernBERT | peak RSS increase (range) | vs ModernBERT |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | total params | active params | tokens/s | vs ModernBERT | vs moe (eager) | peak RSS increase (range) "
+          "| vs ModernBERT |\n|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for name, r in results.items():
+        memory = "n/a | n/a"
+        if "peak_rss_increase_mb" in r:
+            runs = r["peak_rss_increase_mb_runs"]
+            memory = f"{r['peak_rss_increase_mb']:.0f} MB ({min(runs):.0f}-{max(runs):.0f}) | {r['memory_vs_modernbert']:.2f}x"
         print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
-              f"{r['tokens_per_second']:,.0f} | {r['speed_vs_modernbert']:.2f}x | {r['peak_rss_increase_mb']:.0f} MB "
-              f"({min(r['peak_rss_increase_mb_runs']):.0f}-{max(r['peak_rss_increase_mb_runs']):.0f}) | "
-              f"{r['memory_vs_modernbert']:.2f}x |")  # fmt: skip
+              f"{r['tokens_per_second']:,.0f} | {r['speed_vs_modernbert']:.2f}x | {r['speed_vs_moe_eager']:.2f}x | {memory} |")  # fmt: skip
 
     output = harness.RESULTS / f"bench_encoder{'_quick' if args.quick else ''}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
