@@ -45,6 +45,9 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     `intermediate_size`). The router is a softmax top-k without token dropping, trained with the
     Switch-Transformer load-balancing loss (`router_aux_loss_coef`) and the ST-MoE router z-loss
     (`router_z_loss_coef`); `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training.
+    `router_bias_update_rate > 0` balances without a loss instead (DeepSeek-V3): a per-expert bias, used only to
+    choose the top-k, moves by that rate each training forward towards equal load. `num_shared_experts` adds one
+    always-active SwiGLU of `num_shared_experts * moe_intermediate_size` to every MoE layer (DeepSeekMoE).
     How the experts run is chosen per call from the device, dtype, autograd and compile state
     (`modeling_spanish_moe_bert.expert_path`); `moe_implementation` forces one of `MOE_IMPLEMENTATIONS` instead
     (benchmarks, debugging).
@@ -96,6 +99,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0
+    router_bias_update_rate: float = 0.0
+    num_shared_experts: int = 0
     moe_implementation: str | None = None
     hidden_act: str = "silu"
     norm_type: str = "dyt"
@@ -199,6 +204,10 @@ class SpanishMoEBertConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}")
+        if self.router_bias_update_rate < 0:
+            raise ValueError(f"`router_bias_update_rate` must be >= 0 (0: off), got {self.router_bias_update_rate}")
+        if isinstance(self.num_shared_experts, bool) or not isinstance(self.num_shared_experts, int) or self.num_shared_experts < 0:
+            raise ValueError(f"`num_shared_experts` must be an integer >= 0, got {self.num_shared_experts!r}")
         if not 0.0 <= self.router_jitter_noise < 1.0:
             raise ValueError(f"`router_jitter_noise` must be in [0, 1), got {self.router_jitter_noise}")
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):

@@ -525,24 +525,40 @@ class _SumRows(torch.autograd.Function):
 
 
 class SpanishMoEBertRouter(nn.Module):
-    """Softmax top-k router. Returns fp32 logits, the chosen experts and their (renormalised) weights."""
+    """Softmax top-k router. Returns fp32 logits, the chosen experts and their (renormalised) weights.
+
+    With `router_bias_update_rate > 0` it balances without an auxiliary loss, as DeepSeek-V3 does: a per-expert bias
+    is added to the probabilities when choosing the top-k (never to the weights), and every training forward moves
+    it by that rate towards equal load: up for experts below the mean load, down for those above.
+    """
 
     def __init__(self, config: SpanishMoEBertConfig):
         super().__init__()
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.jitter_noise = config.router_jitter_noise
+        self.bias_update_rate = config.router_bias_update_rate
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.register_buffer("expert_bias", torch.zeros(config.num_experts), persistent=self.bias_update_rate > 0)
 
     def forward(self, x: torch.Tensor):
         if self.training and self.jitter_noise > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
         logits = F.linear(x.float(), self.weight.float())  # (T, E), fp32 for a stable softmax and z-loss
         probs = logits.softmax(dim=-1)
-        top_w, top_idx = probs.topk(self.top_k, dim=-1)  # (T, k)
+        if self.bias_update_rate > 0:
+            top_idx = (probs + self.expert_bias).topk(self.top_k, dim=-1).indices  # (T, k)
+            top_w = probs.gather(-1, top_idx)
+        else:
+            top_w, top_idx = probs.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         return logits, probs, top_w, top_idx
+
+    @torch.no_grad()
+    def update_bias(self, tokens_per_expert: torch.Tensor) -> None:
+        load = tokens_per_expert.float()
+        self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
 
 
 def _token_mean(values: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
@@ -572,7 +588,8 @@ def router_z_loss(logits: torch.Tensor, real: torch.Tensor | None = None) -> tor
 
 
 class SpanishMoEBertSparseMoE(nn.Module):
-    """Routes each real (non-padding) token to its top-k experts without dropping any.
+    """Routes each real (non-padding) token to its top-k experts without dropping any, plus the always-active
+    shared experts of `num_shared_experts` (DeepSeekMoE) if any.
 
     Padding tokens are routed to expert `num_experts`, which does not exist: no expert runs them and no router
     loss counts them, and every shape stays what it was (nothing waits on the host to count real tokens).
@@ -588,6 +605,8 @@ class SpanishMoEBertSparseMoE(nn.Module):
         self.forced_path = config.moe_implementation
         self.router = SpanishMoEBertRouter(config)
         self.experts = SpanishMoEBertExperts(config)
+        shared_width = config.num_shared_experts * config.moe_intermediate_size
+        self.shared_expert = SpanishMoEBertMLP(config, shared_width) if shared_width else None
 
     def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None):
         b, t, h = hidden_states.shape
@@ -601,11 +620,17 @@ class SpanishMoEBertSparseMoE(nn.Module):
         counts = torch.zeros(self.num_experts + 1, dtype=torch.long, device=x.device)
         tokens_per_expert = counts.scatter_add_(0, slot_expert, torch.ones_like(slot_expert))[: self.num_experts]
 
+        if self.training and self.router.bias_update_rate > 0:
+            self.router.update_bias(tokens_per_expert)
+
         path = expert_path(x, tokens_per_expert, forced=self.forced_path)
         if path == "per_expert":
             y = self.experts.forward_per_expert(x, top_idx, top_w)
         else:
             y = self.sorted_experts(x, top_idx, top_w, tokens_per_expert, path, real)
+        if self.shared_expert is not None:  # every real token also goes through the shared expert (DeepSeekMoE)
+            shared = self.shared_expert(x)
+            y = y + (shared if real is None else shared.masked_fill(~real[:, None], 0.0)).to(y.dtype)
 
         stats = RouterStats(
             aux_loss=load_balancing_loss(probs, tokens_per_expert, real),
@@ -711,6 +736,7 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
             init.normal_(module.down_proj, mean=0.0, std=out_std)
         elif isinstance(module, SpanishMoEBertRouter):
             init.normal_(module.weight, mean=0.0, std=std)
+            init.zeros_(module.expert_bias)
         elif isinstance(module, DynamicTanh):
             init.constant_(module.alpha, module.alpha_init)
             init.ones_(module.weight)

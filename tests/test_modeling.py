@@ -283,6 +283,39 @@ def test_load_balancing_loss_is_one_for_uniform_routing_and_larger_otherwise():
     assert skewed > 1.5
 
 
+def test_loss_free_balancing_moves_the_selection_bias_towards_equal_load():
+    moe = random_moe(router_bias_update_rate=0.01)
+    hidden = moe.router.weight.shape[1]
+    x = torch.randn(1, 64, hidden, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # expert 0's router row leans towards what all tokens share: it is overloaded
+        moe.router.weight[0] += 0.2 * x[0].mean(0) / x[0].mean(0).norm() * hidden**0.5
+    moe.train()
+    busiest = [moe(x)[1].expert_load.max().item() for _ in range(100)]
+    assert busiest[0] > 0.22 and sum(busiest[-10:]) / 10 < 0.17  # 1/8 is perfect balance
+    assert moe.router.expert_bias[0] < 0 and (moe.router.expert_bias[1:] > 0).all()
+    _, _, top_w, top_idx = moe.router(x.reshape(64, -1))
+    probs = moe.router(x.reshape(64, -1))[1]
+    assert torch.allclose(top_w, probs.gather(-1, top_idx) / probs.gather(-1, top_idx).sum(-1, keepdim=True))
+    moe.eval()
+    bias = moe.router.expert_bias.clone()
+    moe(x)
+    assert torch.equal(moe.router.expert_bias, bias)  # no update outside training
+    assert "router.expert_bias" in moe.state_dict()
+
+
+def test_shared_expert_adds_to_every_real_token():
+    moe = random_moe(num_shared_experts=1)
+    routed_only = random_moe()
+    routed_only.load_state_dict({k: v for k, v in moe.state_dict().items() if not k.startswith("shared_expert.")})
+    x = torch.randn(1, 6, moe.router.weight.shape[1])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    y, _ = moe(x, mask)
+    expected = routed_only(x, mask)[0] + moe.shared_expert(x) * mask[..., None]
+    assert torch.allclose(y, expected, atol=1e-6)
+    assert torch.all(y[0, 4:] == 0)
+    assert moe.shared_expert.down_proj.in_features == moe.experts.down_proj.shape[1]
+
+
 def test_router_jitter_only_in_training():
     config = make_config(router_jitter_noise=0.5)
     moe = SpanishMoEBertSparseMoE(config)
