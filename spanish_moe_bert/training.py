@@ -1,5 +1,6 @@
-"""The Trainer of `run_mlm.py`: router and DyT metrics in the logs, a NaN/inf guard, MLM evaluation metrics, and
-a training dataloader that keeps the stream's own position (see `data.ResumableStream`)."""
+"""The Trainer of `run_mlm.py`: router and DyT metrics in the logs (their per-layer detail kept off the console), a
+NaN/inf guard, MLM evaluation metrics, and a training dataloader that keeps the stream's own position (see
+`data.ResumableStream`)."""
 
 import math
 
@@ -8,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,6 +65,30 @@ class RouterMetrics:
         return logs
 
 
+# A large model logs some 40 of these at every step: TensorBoard, the other `report_to` integrations and the log
+# history in trainer_state.json get them, the console only the summary (router/aux_loss, router/load_entropy_min...).
+PER_LAYER_PREFIXES = ("router/layer_", "dyt/", "eval_dyt/")
+
+
+def console_logs(logs: dict[str, float]) -> dict[str, float]:
+    """The logs without their per-layer router and DyT metrics: what a person reads while training runs."""
+    return {key: value for key, value in logs.items() if not key.startswith(PER_LAYER_PREFIXES)}
+
+
+class SummaryProgressCallback(ProgressCallback):
+    """The Trainer's progress bar, writing only `console_logs` at each logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=console_logs(logs), **kwargs)
+
+
+class SummaryPrinterCallback(PrinterCallback):
+    """What the Trainer prints instead of a progress bar (`--disable_tqdm`), limited to `console_logs`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=console_logs(logs), **kwargs)
+
+
 class MoEMLMTrainer(Trainer):
     """`Trainer` for MoE masked-LM pre-training on a `ResumableStream`."""
 
@@ -72,6 +98,12 @@ class MoEMLMTrainer(Trainer):
         # be normalized over the whole accumulated batch: the Trainer must divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.router_metrics = RouterMetrics()
+        # The console printer the Trainer chose (a progress bar, or plain prints with disable_tqdm) gives way to its
+        # summary twin; the integrations' callbacks are left as they are.
+        console = {ProgressCallback: SummaryProgressCallback, PrinterCallback: SummaryPrinterCallback}
+        for printer, summary in console.items():
+            if self.pop_callback(printer) is not None:
+                self.add_callback(summary)
 
     def get_train_dataloader(self) -> DataLoader:
         # The stream is already sharded per process (`split_dataset_by_node`) and records its position for

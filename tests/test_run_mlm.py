@@ -1,6 +1,7 @@
 """End-to-end tests of run_mlm.py on the bundled corpus with the tiny model: outputs, metrics, faults (SIGKILL and
 resume, NaN, bad data, disk budget) and a 2-process run."""
 
+import ast
 import json
 import math
 import os
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoTokenizer, TrainerCallback
+from transformers.integrations.integration_utils import rewrite_logs
 
 import run_mlm
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
@@ -179,6 +182,37 @@ def test_trains_its_own_tokenizer_when_none_is_given(tmp_path):
     run_mlm.main(args)
     assert len(AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)) == 600
     assert SpanishMoEBertForMaskedLM.from_pretrained(output_dir).config.vocab_size == 600
+
+
+@pytest.mark.parametrize("disable_tqdm", ["false", "true"])  # the progress bar's lines, or plain prints
+def test_console_shows_the_summary_and_tensorboard_every_metric(tmp_path, tokenizer_dir, capsys, disable_tqdm):
+    output_dir = tmp_path / "run"
+    run_mlm.main(
+        run_args(output_dir, tokenizer_dir, max_steps=2, eval_strategy="steps", eval_steps=2, do_eval="true",
+                 report_to="tensorboard", disable_tqdm=disable_tqdm)  # fmt: skip
+    )
+    printed = [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    train_lines = [line for line in printed if "loss" in line]
+    eval_lines = [line for line in printed if "eval_loss" in line]
+    assert len(train_lines) == 2 and eval_lines
+    for line in train_lines:
+        assert set(line) == {"loss", "grad_norm", "learning_rate", "epoch", "router/aux_loss", "router/z_loss",
+                             "router/load_entropy_min", "router/max_load_max"}  # fmt: skip
+    for line in eval_lines:
+        assert {"eval_loss", "eval_accuracy", "eval_perplexity"} <= set(line)
+        assert not any("dyt" in key for key in line)
+
+    # TensorBoard gets every metric of the log history, the per-layer ones included.
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    train_log, eval_log = [next(h for h in history if key in h) for key in ("loss", "eval_loss")]
+    assert any(key.startswith("router/layer_") for key in train_log)
+    assert any(key.startswith("dyt/") for key in train_log)
+    assert any(key.startswith("eval_dyt/") for key in eval_log)
+    tags = set()  # the writer is closed at the end of training and reopened for the final evaluation
+    for events in output_dir.glob("runs/*/events.out.tfevents.*"):
+        tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
+    for log in (train_log, eval_log):
+        assert set(rewrite_logs(log)) - {"train/step"} <= tags  # rewrite_logs: the TensorBoard callback's tag names
 
 
 class PoisonWeights(TrainerCallback):

@@ -1,13 +1,15 @@
 """Tests of the Spanish SentencePiece-BPE tokenizer (tokenization_spanish_moe_bert.py, train_tokenizer.py).
 
 One small tokenizer (2,000 tokens) is trained once per session on the bundled demo corpus; the
-fast/slow equivalence test also reads real held-out-style paragraphs from ../shared/data.
+fast/slow equivalence and round-trip tests also read the passages and queries of the bundled retrieval dev set,
+mostly text the tokenizer never saw. All data comes from the repository: a fresh clone has nothing beside it.
 """
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import gzip
 import json
 import subprocess
 import sys
@@ -30,10 +32,10 @@ from tokenization_spanish_moe_bert import (
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "es_corpus_sample.txt"
-SHARED_CORPUS = REPO.parent / "shared" / "data" / "es_corpus.jsonl.gz"
+RETRIEVAL_DEV = REPO / "data" / "retrieval_dev"
 VOCAB_SIZE = 2000
 
-# Edge cases the shared corpus (software manuals, a Bible) has few or none of: emoji, URLs, numbers.
+# Edge cases the bundled text (software manuals, a Bible) has few or none of: emoji, URLs, numbers.
 EDGE_TEXTS = [
     "¿Dónde está la estación? ¡Por allí, señora Muñoz! 🚉😀",
     "Visita https://es.wikipedia.org/wiki/Año_Nuevo?uso=1&lang=es#Historia para más información.",
@@ -73,10 +75,11 @@ def slow_tokenizer(saved_dir):
 
 @pytest.fixture(scope="session")
 def real_paragraphs():
-    """About 6,800 real paragraphs: every one with ¿, ¡ or a URL, every 10th of the rest, the edge cases."""
-    paragraphs = [p for doc in iter_texts(SHARED_CORPUS) for p in doc.split("\n") if p]
-    special = [p for p in paragraphs if any(mark in p for mark in ("¿", "¡", "http"))]
-    return special + paragraphs[::10] + EDGE_TEXTS
+    """About 6,300 real texts (1.9M characters): the 5,441 paragraphs the tokenizer was trained on, then the 834
+    passages and queries of the retrieval dev set (passages of up to 200 words, three quarters of them not in the
+    training text), then the edge cases."""
+    held_out = [*iter_texts(RETRIEVAL_DEV / "corpus.jsonl"), *iter_texts(RETRIEVAL_DEV / "queries.jsonl", "query")]
+    return [*iter_texts(SAMPLE), *held_out, *EDGE_TEXTS]
 
 
 def test_vocabulary_layout(tokenizer):
@@ -137,7 +140,7 @@ def test_round_trip_property_random_unicode(tokenizer, text):
 
 
 def test_fast_and_slow_give_identical_ids(tokenizer, slow_tokenizer, real_paragraphs):
-    assert len(real_paragraphs) > 5000
+    assert len(real_paragraphs) > 6000 and sum(map(len, real_paragraphs)) > 1_800_000
     for mark in ("¿", "¡", "ñ", "é", "http", "😀"):
         assert any(mark in text for text in real_paragraphs), mark
     fast_ids = tokenizer(real_paragraphs)["input_ids"]
@@ -251,8 +254,14 @@ def test_missing_or_corrupt_tokenizer_files_are_named(saved_dir, tmp_path):
 def test_train_new_from_strings_and_from_jsonl_gz(tmp_path):
     from_strings = SpanishSPMTokenizer.train_new(iter_texts(SAMPLE), vocab_size=600)
     assert len(from_strings) == 600
-    from_file = SpanishSPMTokenizer.train_new(SHARED_CORPUS, vocab_size=600, max_documents=200)
+    passages = RETRIEVAL_DEV / "corpus.jsonl"
+    compressed = tmp_path / "passages.jsonl.gz"
+    compressed.write_bytes(gzip.compress(passages.read_bytes()))
+    from_file = SpanishSPMTokenizer.train_new(compressed, vocab_size=600, max_documents=200)
+    first_texts = [json.loads(line)["text"] for line in passages.read_text(encoding="utf-8").splitlines()[:200]]
     assert len(from_file) == 600 and from_file.get_vocab() != from_strings.get_vocab()
+    # The .jsonl.gz reader hands training exactly the first 200 documents' text.
+    assert from_file.get_vocab() == SpanishSPMTokenizer.train_new(first_texts, vocab_size=600).get_vocab()
 
 
 def test_train_new_rejects_bad_arguments():
