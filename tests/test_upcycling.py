@@ -1,0 +1,51 @@
+"""Sparse upcycling: a MoE model started from its trained dense twin computes the dense model's function when each
+token's top-k experts hold one slice each of the dense feed-forward."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from configuration_spanish_moe_bert import SpanishMoEBertConfig
+from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+from spanish_moe_bert.upcycling import dense_twin_config, upcycle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def moe_config(**overrides) -> SpanishMoEBertConfig:
+    base = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json").to_diff_dict()
+    base.pop("attention_types", None)
+    base.pop("mlp_layer_types", None)
+    return SpanishMoEBertConfig(**(base | overrides))
+
+
+def test_upcycled_model_reproduces_the_dense_model_when_tokens_take_one_expert_per_slice():
+    config = moe_config(router_bias_update_rate=1e-6)  # only to route by the bias below
+    torch.manual_seed(0)
+    dense = SpanishMoEBertForMaskedLM(dense_twin_config(config)).eval()
+    for p in dense.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    moe = upcycle(dense, config).eval()
+    k = config.num_experts_per_tok
+    for layer in moe.model.layers:
+        layer.mlp.router.weight.data.zero_()  # uniform probabilities: renormalised weights are 1/k
+        layer.mlp.router.expert_bias.data[:k] = 1.0  # experts 0..k-1, which hold slices 0..k-1
+    ids = torch.randint(5, config.vocab_size, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(moe(input_ids=ids).logits, dense(input_ids=ids).logits, atol=1e-5)
+    experts = moe.model.layers[0].mlp.experts
+    assert torch.equal(experts.gate_up_proj[0], experts.gate_up_proj[k])  # copies of the same slice
+    assert not torch.equal(experts.gate_up_proj[0], experts.gate_up_proj[1])
+    assert torch.equal(moe.model.embeddings.word_embeddings.weight, dense.model.embeddings.word_embeddings.weight)
+
+
+def test_upcycling_needs_the_matching_dense_width_and_divisible_experts():
+    config = moe_config()
+    wrong = SpanishMoEBertForMaskedLM(dense_twin_config(config).__class__.from_dict(
+        dense_twin_config(config).to_dict() | {"intermediate_size": 48}))  # fmt: skip
+    with pytest.raises(ValueError, match="intermediate_size is 48"):
+        upcycle(wrong, config)
+    odd = moe_config(num_experts=7, num_experts_per_tok=2)
+    with pytest.raises(ValueError, match="divisible"):
+        upcycle(SpanishMoEBertForMaskedLM(dense_twin_config(odd)), odd)
