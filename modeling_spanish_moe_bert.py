@@ -849,8 +849,11 @@ class SpanishMoEBertModel(SpanishMoEBertPreTrainedModel):
         b, t, _ = hidden_states.shape
         if position_ids is None:
             position_ids = torch.arange(t, device=hidden_states.device).unsqueeze(0).expand(b, t)
-        token_mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        # Padding tokens skip the experts. transformers drops a mask without padding (None): then so do we, and the
+        # MoE layers mask nothing (packed pre-training blocks have no padding).
+        has_padding = mask is not None and attention_mask is not None and attention_mask.dim() == 2
+        token_mask = attention_mask.bool() if has_padding else None
         rope = {int(dim): emb(hidden_states, position_ids) for dim, emb in self.rotary_embs.items()}
 
         router_stats = []

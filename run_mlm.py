@@ -38,6 +38,7 @@ from spanish_moe_bert.callbacks import (
     read_stream_states,
     remove_incomplete_checkpoints,
 )
+from spanish_moe_bert.cpu import keep_freed_memory
 from spanish_moe_bert.data import (
     MaskingCollator,
     ResumableStream,
@@ -398,6 +399,8 @@ def main(argv: list[str] | None = None) -> dict:
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if training_args.use_cpu:
+        keep_freed_memory()  # a step's activations reuse the last step's pages (spanish_moe_bert/cpu.py)
     try:
         return run(model_args, data_args, training_args)
     finally:

@@ -1,12 +1,16 @@
 """MoE layer cost, side by side in one run, as ratios to a dense SwiGLU of the same active FLOPs.
 
 Contenders at equal shapes (hidden 1024, 32 experts of width 88, top-4: the default config):
-  ours            SpanishMoEBertSparseMoE (training: sort by expert + batched GEMMs; CPU inference: per-expert loop)
+  ours            SpanishMoEBertSparseMoE, the path `expert_path` picks (CPU: per-expert loop without autograd,
+                  grouped_mm with it)
+  ours, <path>    the same layer forced onto each other path it has (`moe_implementation`)
   dense           SwiGLU of width top_k * moe_intermediate_size (same FLOPs per token, no routing)
   naive loop      one masked gather / matmul / index_add per expert (the classic reference loop)
   qwen3 <impl>    transformers' Qwen3MoeSparseMoeBlock with each experts implementation it offers
 
 Timings interleave the contenders round by round and report the median, so machine noise hits all alike.
+The process keeps freed memory for reuse as run_mlm.py does on CPUs (`spanish_moe_bert.cpu`); `--allocator
+default` measures glibc's default, which maps and faults in every large buffer afresh.
 
     python benchmarks/bench_moe.py --quick          # 4096 tokens, about a minute on 2 cores
     python benchmarks/bench_moe.py                  # 512 / 4096 / 16384 tokens
@@ -14,6 +18,7 @@ Timings interleave the contenders round by round and report the median, so machi
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -28,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertMLP, SpanishMoEBertSparseMoE  # noqa: E402
+from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_GATHER_BYTES = 3 * 2**30
@@ -82,7 +88,13 @@ def contenders(config: SpanishMoEBertConfig) -> dict[str, nn.Module]:
     for p in ours.parameters():
         nn.init.normal_(p, std=0.02)
     dense = SpanishMoEBertMLP(config, intermediate_size=config.num_experts_per_tok * config.moe_intermediate_size)
-    models = {"ours": ours, "dense (same active FLOPs)": dense, "naive per-expert loop": NaiveLoopMoE(ours)}
+    models = {"ours": ours, "dense (same active FLOPs)": dense}
+    for path in ("per_expert", "grouped_mm", "padded_bmm"):
+        forced = SpanishMoEBertSparseMoE(config)
+        forced.load_state_dict(ours.state_dict())
+        forced.forced_path = path
+        models[f"ours, {path}"] = forced
+    models["naive per-expert loop"] = NaiveLoopMoE(ours)
     for impl in ("eager", "grouped_mm", "batched_mm"):
         models[f"transformers Qwen3MoeSparseMoeBlock ({impl})"] = qwen3_block(config, impl)
     return models
@@ -119,7 +131,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="4096 tokens, fewer rounds")
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                        help="keep freed memory for reuse, as run_mlm.py does on CPUs (default), or glibc's default")  # fmt: skip
     args = parser.parse_args()
+    if args.allocator == "keep":
+        keep_freed_memory()
     tokens_list = args.tokens or ([4096] if args.quick else [512, 4096, 16384])
     rounds = args.rounds or (3 if args.quick else 5)
 
@@ -142,7 +158,8 @@ def main():
 
     header = "| tokens | dtype | pass | contender | ms | × dense |\n|---:|---|---|---|---:|---:|"
     lines = [f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+               f"allocator {args.allocator}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"MoE layer: hidden {config.hidden_size}, {config.num_experts} experts × {config.moe_intermediate_size}, "
           f"top-{config.num_experts_per_tok}; {machine}\n")  # fmt: skip
     print("\n".join([header, *lines]))
@@ -151,7 +168,8 @@ def main():
         print(f"\nQwen3 batched_mm left out at {skipped} tokens: it would gather "
               f"{batched_mm_bytes(config, max(skipped)) / 2**30:.0f} GiB of per-token expert weights.")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("moe_quick.json" if args.quick else "moe.json")
+    suffix = ("_quick" if args.quick else "") + ("_default_allocator" if args.allocator == "default" else "")
+    out = RESULTS / f"moe{suffix}.json"
     out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 
