@@ -11,6 +11,7 @@ MLP_LAYER_TYPES = ("sparse", "dense")
 NORM_TYPES = ("dyt", "layernorm", "rmsnorm")
 
 # Every checkpoint maps all Auto classes, so AutoModel loads a checkpoint saved from the MLM model and vice versa.
+# The one copy of the map: the modeling file registers its classes from it, and the export writes it.
 AUTO_MAP = {
     "AutoConfig": "configuration_spanish_moe_bert.SpanishMoEBertConfig",
     "AutoModel": "modeling_spanish_moe_bert.SpanishMoEBertModel",

@@ -28,9 +28,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.generic import can_return_tuple
 
 try:  # loaded as Hub remote code: a module of the package transformers_modules.<checkpoint>
-    from .configuration_spanish_moe_bert import SpanishMoEBertConfig
+    from .configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
 except ImportError:  # installed as a top-level module
-    from configuration_spanish_moe_bert import SpanishMoEBertConfig
+    from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
 
 # |tanh| above this counts as saturated: the gradient through it is below 2% of its value at 0.
 DYT_SATURATION_THRESHOLD = 0.99
@@ -931,11 +931,10 @@ class SpanishMoEBertForTokenClassification(SpanishMoEBertPreTrainedModel):
         )
 
 
-SpanishMoEBertConfig.register_for_auto_class()
-SpanishMoEBertModel.register_for_auto_class("AutoModel")
-SpanishMoEBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
-SpanishMoEBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-SpanishMoEBertForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+# Each class registers under the Auto class the configuration's AUTO_MAP gives it, so that save_pretrained copies
+# the code files into the checkpoint.
+for _auto_class, _reference in AUTO_MAP.items():
+    globals()[_reference.split(".")[1]].register_for_auto_class(_auto_class)
 
 __all__ = [
     "SpanishMoEBertPreTrainedModel",

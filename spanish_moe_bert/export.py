@@ -28,14 +28,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
 
-from configuration_spanish_moe_bert import SpanishMoEBertConfig
-from modeling_spanish_moe_bert import (
-    SpanishMoEBertExperts,
-    SpanishMoEBertForMaskedLM,
-    SpanishMoEBertForSequenceClassification,
-    SpanishMoEBertForTokenClassification,
-    SpanishMoEBertModel,
-)
+from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
+from modeling_spanish_moe_bert import SpanishMoEBertExperts, SpanishMoEBertForMaskedLM
 from spanish_moe_bert.data import MaskingCollator, local_documents, masked_eval_set, tokenize_stream
 from spanish_moe_bert.training import perplexity
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
@@ -47,14 +41,6 @@ DEFAULT_DATASETS = ("erickfmm/red_pajama_es_hq_35",)  # what run_mlm.py streams 
 POOLING_MODES = ("cls", "mean")
 LOSS_CURVE_FILE = "training_loss.png"
 EXPERT_LOAD_FILE = "expert_load.png"
-
-# Every Auto class a Hub user may load this checkpoint with; save_pretrained only records the saved class.
-AUTO_MODEL_CLASSES = {
-    "AutoModel": SpanishMoEBertModel,
-    "AutoModelForMaskedLM": SpanishMoEBertForMaskedLM,
-    "AutoModelForSequenceClassification": SpanishMoEBertForSequenceClassification,
-    "AutoModelForTokenClassification": SpanishMoEBertForTokenClassification,
-}
 
 # Widget sentences; "{mask}" becomes the tokenizer's mask token.
 WIDGET_SENTENCES = (
@@ -185,16 +171,6 @@ def plot_expert_load(load: torch.Tensor, moe_layers: list[int], path: Path) -> N
 # ----------------------------------------------------------------------------------------------------------------
 # Folder pieces
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def complete_auto_map(config_path: Path) -> None:
-    """Map every Auto class to its class in the copied modeling file."""
-    config = json.loads(config_path.read_text())
-    config["auto_map"] = {
-        "AutoConfig": f"configuration_spanish_moe_bert.{SpanishMoEBertConfig.__name__}",
-        **{auto: f"modeling_spanish_moe_bert.{cls.__name__}" for auto, cls in AUTO_MODEL_CLASSES.items()},
-    }
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_sentence_transformers_files(folder: Path, hidden_size: int, max_seq_length: int, pooling: str) -> None:
@@ -405,9 +381,10 @@ def export_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=output_dir) as staging_name:
         staging = Path(staging_name)
+        # A checkpoint saved by an older version may map fewer Auto classes than a Hub user loads it with.
+        config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        complete_auto_map(staging / "config.json")
         max_seq_length = min(tokenizer.model_max_length, config.max_position_embeddings)
         write_sentence_transformers_files(staging, config.hidden_size, max_seq_length, pooling)
         moe_layers = [i for i, kind in enumerate(config.mlp_layer_types) if kind == "sparse"]
