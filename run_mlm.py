@@ -190,7 +190,7 @@ def load_documents(data_args: DataTrainingArguments):
     if data_args.validation_file:
         return documents, local_documents(data_args.validation_file, data_args.text_column)
     if data_args.validation_split_percentage > 0:
-        return split_by_document(documents, data_args.validation_split_percentage)
+        return split_by_document(documents, data_args.validation_split_percentage / 100)
     return documents, None
 
 

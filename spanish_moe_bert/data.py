@@ -5,7 +5,6 @@ is tokenized ahead of time, and the position in the stream can be saved in a che
 (`IterableDataset.state_dict()` / `load_state_dict()`) instead of re-reading the stream to skip what was seen.
 """
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -16,7 +15,7 @@ from datasets import Dataset, Features, IterableDataset, Value, load_dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
-from .corpus import iter_texts
+from .corpus import is_held_out, iter_texts
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
 
@@ -64,16 +63,10 @@ def hub_documents(name: str, config_name: str | None, split: str, text_column: s
     return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
 
 
-def is_held_out(text: str, percentage: float) -> bool:
-    """Stable per-document split: the same document always lands on the same side, in any order, on any machine."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % 10_000 < percentage * 100
-
-
-def split_by_document(documents: IterableDataset, percentage: float) -> tuple[IterableDataset, IterableDataset]:
-    """(train, validation) streams; `percentage` % of documents, chosen by content hash, go to validation."""
-    train = documents.filter(lambda doc: not is_held_out(doc["text"], percentage))
-    validation = documents.filter(lambda doc: is_held_out(doc["text"], percentage))
+def split_by_document(documents: IterableDataset, fraction: float) -> tuple[IterableDataset, IterableDataset]:
+    """(train, validation) streams; a `fraction` of the documents, chosen by content hash, go to validation."""
+    train = documents.filter(lambda doc: not is_held_out(doc["text"], fraction))
+    validation = documents.filter(lambda doc: is_held_out(doc["text"], fraction))
     return train, validation
 
 

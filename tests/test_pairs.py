@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from spanish_moe_bert.corpus import is_held_out
 from spanish_moe_bert.pairs import (
     HeldOutParagraphs,
     PairConfig,
@@ -13,7 +14,6 @@ from spanish_moe_bert.pairs import (
     build_pairs,
     crop_pairs,
     heading_pairs,
-    is_held_out,
     mine_bm25_negatives,
     neighbour_pairs,
     paragraph_key,

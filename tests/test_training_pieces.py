@@ -20,14 +20,13 @@ from spanish_moe_bert.callbacks import (
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
 )
-from spanish_moe_bert.corpus import CorpusError
+from spanish_moe_bert.corpus import CorpusError, is_held_out
 from spanish_moe_bert.data import (
     EmptyDatasetError,
     MaskingCollator,
     ResumableStream,
     first_example,
     hub_documents,
-    is_held_out,
     local_documents,
     masked_eval_set,
     pack_documents,
@@ -61,10 +60,10 @@ def documents_file(tmp_path, n=300):
 
 def test_held_out_split_is_by_document_stable_and_sized():
     texts = [f"párrafo {i} del corpus" for i in range(4000)]
-    held = [t for t in texts if is_held_out(t, 5.0)]
+    held = [t for t in texts if is_held_out(t, 0.05)]
     assert 120 < len(held) < 280  # ~5 %
-    assert held == [t for t in reversed(texts) if is_held_out(t, 5.0)][::-1]  # order does not matter
-    train, validation = split_by_document(local_documents([SAMPLE]), 5.0)
+    assert held == [t for t in reversed(texts) if is_held_out(t, 0.05)][::-1]  # order does not matter
+    train, validation = split_by_document(local_documents([SAMPLE]), 0.05)
     train_texts = {d["text"] for d in islice(train, 3000)}
     validation_texts = {d["text"] for d in validation}
     assert validation_texts and not train_texts & validation_texts
