@@ -37,11 +37,11 @@ from spanish_moe_bert.callbacks import (
     read_stream_states,
     remove_incomplete_checkpoints,
 )
+from spanish_moe_bert.corpus import DEFAULT_DATASET, hub_documents
 from spanish_moe_bert.data import (
     MaskingCollator,
     ResumableStream,
     first_example,
-    hub_documents,
     local_documents,
     masked_eval_set,
     shard_for_rank,
@@ -96,7 +96,7 @@ class ModelArguments:
 @dataclass
 class DataTrainingArguments:
     dataset_name: str = field(
-        default="erickfmm/red_pajama_es_hq_35",
+        default=DEFAULT_DATASET,
         metadata={"help": "Hub dataset to stream, used when no --train_file is given."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})

@@ -8,17 +8,13 @@ is tokenized ahead of time, and the position in the stream can be saved in a che
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 
 import torch
-from datasets import Dataset, Features, IterableDataset, Value, load_dataset
+from datasets import Dataset, Features, IterableDataset, Value
 from datasets.distributed import split_dataset_by_node
 from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
-from .corpus import is_held_out, iter_texts
-
-LOCAL_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
-
+from .corpus import check_corpus_file, is_held_out, iter_texts
 
 class EmptyDatasetError(ValueError):
     """The data yielded no training example at all."""
@@ -42,25 +38,11 @@ def local_documents(paths: list[str], text_column: str = "text") -> IterableData
     Bad files fail while streaming with an error naming file, line and field (see `corpus.iter_texts`); a missing
     file or an unsupported suffix fails here, before anything runs.
     """
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"data file not found: {path}")
-        if not str(path).endswith(LOCAL_SUFFIXES):
-            raise ValueError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
     return IterableDataset.from_generator(
         _read_documents,
-        gen_kwargs={"paths": [str(p) for p in paths], "text_column": text_column},
+        gen_kwargs={"paths": [check_corpus_file(p) for p in paths], "text_column": text_column},
         features=Features({"text": Value("string")}),
     )
-
-
-def hub_documents(name: str, config_name: str | None, split: str, text_column: str) -> IterableDataset:
-    """Stream a Hub dataset (nothing is downloaded ahead), keeping only its text column, renamed to "text"."""
-    dataset = load_dataset(name, config_name, split=split, streaming=True)
-    if dataset.column_names is not None and text_column not in dataset.column_names:
-        raise ValueError(f"dataset {name}: no column {text_column!r}; its columns are {dataset.column_names}")
-    dataset = dataset.select_columns([text_column])
-    return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
 
 
 def split_by_document(documents: IterableDataset, fraction: float) -> tuple[IterableDataset, IterableDataset]:

@@ -30,6 +30,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, u
 
 from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertExperts, SpanishMoEBertForMaskedLM
+from spanish_moe_bert.corpus import DEFAULT_DATASET
 from spanish_moe_bert.data import MaskingCollator, local_documents, masked_eval_set, tokenize_stream
 from spanish_moe_bert.training import perplexity
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
@@ -37,7 +38,7 @@ from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_card" / "model_card_template.md"
-DEFAULT_DATASETS = ("erickfmm/red_pajama_es_hq_35",)  # what run_mlm.py streams when given no --train_file
+DEFAULT_DATASETS = (DEFAULT_DATASET,)  # what run_mlm.py streams when given no --train_file
 POOLING_MODES = ("cls", "mean")
 LOSS_CURVE_FILE = "training_loss.png"
 EXPERT_LOAD_FILE = "expert_load.png"

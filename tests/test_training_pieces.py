@@ -20,13 +20,12 @@ from spanish_moe_bert.callbacks import (
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
 )
-from spanish_moe_bert.corpus import CorpusError, is_held_out
+from spanish_moe_bert.corpus import CorpusError, hub_documents, is_held_out
 from spanish_moe_bert.data import (
     EmptyDatasetError,
     MaskingCollator,
     ResumableStream,
     first_example,
-    hub_documents,
     local_documents,
     masked_eval_set,
     pack_documents,
