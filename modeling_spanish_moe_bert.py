@@ -678,6 +678,12 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
                 handle.remove()
         return stats
 
+    def num_active_parameters(self) -> int:
+        """Parameters one token passes through: all of them (tied ones once) but the experts it is not routed to."""
+        experts = sum(p.numel() for m in self.modules() if isinstance(m, SpanishMoEBertExperts) for p in m.parameters())
+        idle = experts * (self.config.num_experts - self.config.num_experts_per_tok) // self.config.num_experts
+        return self.num_parameters() - idle
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Base model

@@ -109,14 +109,8 @@ def bert_config(config: SpanishMoEBertConfig, tokenizer) -> BertConfig:
 
 
 def active_parameters(model: torch.nn.Module) -> int:
-    """Parameters a token passes through: all of them, minus the experts it is not routed to."""
-    total = sum(p.numel() for p in model.parameters())
-    config = model.config
-    if getattr(config, "model_type", None) != "spanish_moe_bert":
-        return total
-    sparse_layers = sum(kind == "sparse" for kind in config.mlp_layer_types)
-    idle_experts = config.num_experts - config.num_experts_per_tok
-    return total - sparse_layers * idle_experts * 3 * config.hidden_size * config.moe_intermediate_size
+    """Parameters a token passes through: the anchors are dense, so all of theirs."""
+    return model.num_active_parameters() if hasattr(model, "num_active_parameters") else model.num_parameters()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
 
 from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
-from modeling_spanish_moe_bert import SpanishMoEBertExperts, SpanishMoEBertForMaskedLM
+from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
 from spanish_moe_bert.corpus import DEFAULT_DATASET
 from spanish_moe_bert.data import MaskingCollator, local_documents, masked_eval_set, tokenize_stream
 from spanish_moe_bert.training import perplexity
@@ -69,14 +69,6 @@ class HubPushError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------------------
 # Measurements for the card
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def parameter_counts(model: torch.nn.Module, config: SpanishMoEBertConfig) -> tuple[int, int]:
-    """(total, active per token): active leaves out the (E - k) / E share of expert weights a token skips."""
-    total = sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
-    expert = sum(p.numel() for m in model.modules() if isinstance(m, SpanishMoEBertExperts) for p in m.parameters())
-    skipped = expert * (config.num_experts - config.num_experts_per_tok) / config.num_experts
-    return total, round(total - skipped)
 
 
 def expert_load(model: SpanishMoEBertForMaskedLM, tokenizer, texts: Sequence[str]) -> torch.Tensor:
@@ -400,7 +392,7 @@ def export_model(
             eval_results=eval_results,
             eval_source=eval_source,
             datasets=datasets,
-            params=parameter_counts(model, config),
+            params=(model.num_parameters(), model.num_active_parameters()),
             pooling=pooling,
             loss_curve=loss_curve,
             trainer_state=trainer_state,
