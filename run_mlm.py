@@ -28,19 +28,10 @@ from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-from spanish_moe_bert.callbacks import (
-    DiskBudgetCallback,
-    StreamStateCallback,
-    directory_bytes,
-    is_complete,
-    last_complete_checkpoint,
-    read_stream_states,
-    remove_incomplete_checkpoints,
-)
+from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes
 from spanish_moe_bert.corpus import DEFAULT_DATASET, hub_documents
 from spanish_moe_bert.data import (
     MaskingCollator,
-    ResumableStream,
     first_example,
     local_documents,
     masked_eval_set,
@@ -50,6 +41,7 @@ from spanish_moe_bert.data import (
     tokenize_stream,
 )
 from spanish_moe_bert.export import HubPushError, export_model
+from spanish_moe_bert.resume import ResumableStream, StreamStateCallback, resume_checkpoint
 from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, logits_to_predictions, mlm_metrics
 
 logger = logging.getLogger("run_mlm")
@@ -167,8 +159,8 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     if (model_args.model_config is None) == (model_args.model_name_or_path is None):
         raise ValueError("give exactly one of --model_config (train from scratch) and --model_name_or_path")
-    # The stream restores its own position on resume (see StreamStateCallback); the Trainer must not also skip
-    # batches. Our pipeline makes only the columns the collator needs, so none are dropped.
+    # The stream restores its own position on resume (see spanish_moe_bert/resume.py); the Trainer must not also
+    # skip batches. Our pipeline makes only the columns the collator needs, so none are dropped.
     training_args.ignore_data_skip = True
     training_args.remove_unused_columns = False
     return model_args, data_args, training_args
@@ -232,18 +224,6 @@ def saved_bytes(tokenizer) -> int:
         return directory_bytes(Path(directory))
 
 
-def resolve_checkpoint(training_args: TrainingArguments) -> Path | None:
-    """--resume_from_checkpoint if given, else the newest complete checkpoint in output_dir (if any)."""
-    if training_args.resume_from_checkpoint:
-        checkpoint = Path(training_args.resume_from_checkpoint)
-        if not is_complete(checkpoint):
-            raise ValueError(f"{checkpoint} is not a complete checkpoint written by run_mlm.py")
-        return checkpoint
-    if training_args.process_index == 0:
-        remove_incomplete_checkpoints(Path(training_args.output_dir))
-    return last_complete_checkpoint(Path(training_args.output_dir))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,13 +234,12 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     set_seed(training_args.seed)
     # Reading `device` sets up the process group of torchrun / accelerate launch; only then are rank and size known.
     logger.info(f"process {training_args.process_index} on {training_args.device}")
-    rank, world_size = training_args.process_index, training_args.world_size
 
     # Data: documents -> (held-out split) -> this rank's shard -> tokens -> blocks, all lazily streamed.
     train_documents, eval_documents = load_documents(data_args)
     tokenizer = load_tokenizer(model_args, training_args, train_documents)
     blocks = tokenize_stream(
-        shard_for_rank(train_documents, rank, world_size),
+        shard_for_rank(train_documents, training_args.process_index, training_args.world_size),
         tokenizer,
         data_args.max_seq_length,
         data_args.line_by_line,
@@ -278,14 +257,8 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     # Model, and resume: the newest complete checkpoint, and each rank's position in its stream.
     model = build_model(model_args, tokenizer)
     logger.info(f"model: {model.num_parameters():,} parameters, vocabulary {model.config.vocab_size}")
-    checkpoint = resolve_checkpoint(training_args)
+    checkpoint = resume_checkpoint(training_args, train_stream)
     if checkpoint is not None:
-        stream_states = read_stream_states(checkpoint)
-        if len(stream_states) != world_size:
-            raise ValueError(
-                f"{checkpoint} was written by {len(stream_states)} processes; resume it with as many, not {world_size}"
-            )
-        train_stream.load_state_dict(stream_states[rank])
         logger.info(f"resuming from {checkpoint}")
     elif model_args.model_name_or_path is None and model_args.output_prior_examples > 0:
         # From scratch, the output bias starts at the unigram prior, counted on the same (unsharded) blocks by

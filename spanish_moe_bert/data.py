@@ -2,7 +2,8 @@
 
 Everything is a `datasets.IterableDataset`, so a Hub dataset and local files go through the same steps, nothing
 is tokenized ahead of time, and the position in the stream can be saved in a checkpoint and restored
-(`IterableDataset.state_dict()` / `load_state_dict()`) instead of re-reading the stream to skip what was seen.
+(`IterableDataset.state_dict()` / `load_state_dict()`, see `resume.py`) instead of re-reading the stream to skip
+what was seen.
 """
 
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from datasets.distributed import split_dataset_by_node
 from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
 from .corpus import check_corpus_file, is_held_out, iter_texts
+
 
 class EmptyDatasetError(ValueError):
     """The data yielded no training example at all."""
@@ -107,49 +109,6 @@ def shard_for_rank(documents: IterableDataset, rank: int, world_size: int) -> It
     their number is a multiple of `world_size`, else every n-th example (`datasets` then applies the split to the
     finished blocks, so every process reads and tokenizes the whole stream and keeps its share)."""
     return split_dataset_by_node(documents, rank=rank, world_size=world_size) if world_size > 1 else documents
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The resumable training stream
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class ResumableStream(torch.utils.data.IterableDataset):
-    """An endless stream of training examples: passes over `dataset` epoch after epoch (training length is
-    `max_steps`), and exposes the position of the last example it yielded, epoch included, for checkpoints.
-
-    The position is exact only if nothing reads ahead of the training loop: iterate it in the training process
-    (DataLoader `num_workers=0`, not wrapped by accelerate, which prefetches one batch).
-    """
-
-    def __init__(self, dataset: IterableDataset):
-        self.dataset = dataset
-        self.epoch = 0
-        self._resumed = False
-
-    def __iter__(self):
-        while True:
-            self.dataset.set_epoch(self.epoch)
-            examples = 0
-            for example in self.dataset:
-                examples += 1
-                yield example
-            if examples == 0 and not self._resumed:
-                raise EmptyDatasetError(
-                    "the training data yielded no example (empty files, or every document held out, or too few "
-                    "tokens for one block of max_seq_length)"
-                )
-            self._resumed = False
-            self.epoch += 1
-
-    def state_dict(self) -> dict:
-        return self.dataset.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        # `datasets` applies the state only to the pass whose epoch matches, so later passes start afresh.
-        self.dataset.load_state_dict(state)
-        self.epoch = state["epoch"]
-        self._resumed = True
 
 
 def first_example(dataset: IterableDataset) -> dict:

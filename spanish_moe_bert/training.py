@@ -1,5 +1,5 @@
 """The Trainer of `run_mlm.py`: router and DyT metrics in the logs, a NaN/inf guard, MLM evaluation metrics, and
-a training dataloader that keeps the stream's own position (see `data.ResumableStream`)."""
+a training dataloader that keeps the stream's own position (see `resume.py`)."""
 
 import math
 
@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from transformers import Trainer
+
+from .resume import stream_dataloader
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,7 +66,7 @@ class RouterMetrics:
 
 
 class MoEMLMTrainer(Trainer):
-    """`Trainer` for MoE masked-LM pre-training on a `ResumableStream`."""
+    """`Trainer` for MoE masked-LM pre-training on a `resume.ResumableStream`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,17 +76,8 @@ class MoEMLMTrainer(Trainer):
         self.router_metrics = RouterMetrics()
 
     def get_train_dataloader(self) -> DataLoader:
-        # The stream is already sharded per process (`split_dataset_by_node`) and records its position for
-        # checkpoints. accelerate would shard it a second time and read a batch ahead of the loop, so it gets a
-        # plain DataLoader, read in this process. The private generator keeps DataLoader from drawing its seed
-        # from the global RNG, whose checkpointed state must match an uninterrupted run on resume.
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self._train_batch_size,
-            collate_fn=self.data_collator,
-            num_workers=0,
-            pin_memory=self.args.dataloader_pin_memory,
-            generator=torch.Generator(),
+        return stream_dataloader(
+            self.train_dataset, self._train_batch_size, self.data_collator, self.args.dataloader_pin_memory
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -17,8 +17,9 @@ from transformers import AutoTokenizer, TrainerCallback
 
 import run_mlm
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes, is_complete, list_checkpoints, read_stream_states
+from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes
 from spanish_moe_bert.corpus import CorpusError
+from spanish_moe_bert.resume import is_complete, list_checkpoints, read_stream_states
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "es_corpus_sample.txt"

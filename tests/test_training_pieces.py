@@ -1,5 +1,5 @@
-"""Unit tests of the pieces behind run_mlm.py: the streaming data pipeline, checkpoint bookkeeping, the disk
-budget, router metrics and evaluation metrics."""
+"""Unit tests of the pieces behind run_mlm.py: the streaming data pipeline, checkpoint bookkeeping and the stream
+position (resume.py), the disk budget, router metrics and evaluation metrics."""
 
 import gzip
 import json
@@ -12,19 +12,11 @@ import pytest
 import torch
 from transformers import EvalPrediction, TrainerControl, TrainerState
 
-from spanish_moe_bert.callbacks import (
-    DiskBudgetCallback,
-    StreamStateCallback,
-    directory_bytes,
-    is_complete,
-    last_complete_checkpoint,
-    remove_incomplete_checkpoints,
-)
+from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes
 from spanish_moe_bert.corpus import CorpusError, hub_documents, is_held_out
 from spanish_moe_bert.data import (
     EmptyDatasetError,
     MaskingCollator,
-    ResumableStream,
     first_example,
     local_documents,
     masked_eval_set,
@@ -33,6 +25,13 @@ from spanish_moe_bert.data import (
     split_by_document,
     token_counts,
     tokenize_stream,
+)
+from spanish_moe_bert.resume import (
+    ResumableStream,
+    StreamStateCallback,
+    is_complete,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
 )
 from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, RouterMetrics, mlm_metrics
 
