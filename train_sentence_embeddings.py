@@ -3,7 +3,8 @@
 Pairs come from the Spanish corpus without labels (independent cropping, neighbouring paragraphs,
 heading -> body; see spanish_moe_bert/pairs.py), optionally plus a labelled JSONL file, each with a
 BM25-mined hard negative. Training uses SentenceTransformerTrainer with (Cached)MultipleNegativesRankingLoss;
-the MoE router losses (load balancing + z-loss) are added to it so the experts stay balanced. The
+the MoE router losses (load balancing + z-loss) are added to it so the experts stay balanced
+(spanish_moe_bert/router_loss.py). The
 dev-set documents (data/retrieval_dev) are excluded from the pairs, and the model is evaluated on them
 before and after training, next to BM25 and all-MiniLM-L6-v2.
 
@@ -22,15 +23,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: E402
 from sentence_transformers.sentence_transformer import losses  # noqa: E402
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
-
-from modeling_spanish_moe_bert import router_loss  # noqa: E402
 
 from spanish_moe_bert.corpus import iter_corpus  # noqa: E402
 from spanish_moe_bert.pairs import (  # noqa: E402
@@ -40,6 +38,7 @@ from spanish_moe_bert.pairs import (  # noqa: E402
     mine_bm25_negatives,
     read_labelled_pairs,
 )
+from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
 from spanish_moe_bert.retrieval_eval import (  # noqa: E402
     DATASET_NAME,
     DEV_DIR,
@@ -156,81 +155,6 @@ def choose_pooling(args: EmbeddingArguments, dev) -> tuple[SentenceTransformer, 
     scores = {p: evaluate_system(EmbeddingSystem(m, p), dev) for p, m in models.items()}
     best = max(scores, key=lambda p: scores[p]["ndcg@10"])
     return models[best], best, scores
-
-
-def uses_gradient_cache(loss: nn.Module) -> bool:
-    """Whether a loss (or the loss it wraps, e.g. inside MatryoshkaLoss) embeds with GradCache."""
-    while loss is not None:
-        if getattr(loss, "uses_gradient_cache", False):
-            return True
-        loss = getattr(loss, "loss", None)
-    return False
-
-
-class RouterLossWrapper(nn.Module):
-    """A contrastive loss plus the MoE router losses (load balancing, z-loss) of the encoder's forwards.
-
-    Sentence Transformers calls the encoder's ``forward`` directly, past module hooks, so forward hooks
-    on its sparse-MoE layers collect each layer's router statistics instead. Each is weighted by
-    1/num_layers (the encoder's ``aux_loss`` is the layer mean) and by its forward's share of the batch's
-    sentences (anchors, positives and negatives are separate forwards), so the added term is
-    ``router_loss(config, outputs)`` of the whole batch. The two parts are returned as a dict, which
-    SentenceTransformerTrainer sums and logs separately.
-
-    With a GradCache loss the forwards that carry gradients run inside the backward pass, mini-batch
-    by mini-batch, so there each router loss is back-propagated on the spot, scaled like the
-    contrastive loss (e.g. by gradient accumulation); the no-grad first pass gives the logged value.
-    """
-
-    def __init__(self, loss: nn.Module, model: SentenceTransformer, weight: float = 1.0):
-        super().__init__()
-        self.loss = loss
-        self.model = model
-        encoder = model[0].model
-        self.config = encoder.config
-        self.weight = weight
-        self.cached = uses_gradient_cache(loss)
-        # The class comes from the checkpoint's remote code, so match it by name, not isinstance.
-        moe_layers = [m for m in encoder.modules() if type(m).__name__ == "SpanishMoEBertSparseMoE"]
-        if not moe_layers:
-            logger.warning("the encoder has no sparse MoE layer: no router losses to add")
-        self._num_layers = max(len(moe_layers), 1)
-        self._hooks = [m.register_forward_hook(self._on_moe_forward) for m in moe_layers]
-        self._terms: list[torch.Tensor] = []
-        self._batch_rows = 1
-        self._grad_scale = torch.tensor(1.0)
-
-    def remove_hooks(self) -> None:
-        """Stop collecting router losses (for a model that outlives this loss)."""
-        for hook in self._hooks:
-            hook.remove()
-
-    def _on_moe_forward(self, module, inputs, output):
-        if not module.training:
-            return
-        hidden_states, (_, stats) = inputs[0], output
-        share = hidden_states.shape[0] / self._batch_rows / self._num_layers
-        loss = self.weight * share * router_loss(self.config, stats)
-        if self.cached and torch.is_grad_enabled():  # GradCache replay, inside backward
-            (loss * self._grad_scale).backward(retain_graph=True)
-        else:
-            self._terms.append(loss)
-
-    def _remember_grad_scale(self, grad: torch.Tensor) -> None:
-        self._grad_scale = grad.detach()
-
-    def forward(self, sentence_features, labels) -> dict[str, torch.Tensor]:
-        sentence_features = list(sentence_features)
-        self._batch_rows = sum(f["input_ids"].shape[0] for f in sentence_features)
-        self._terms = []
-        contrastive = self.loss(sentence_features, labels)
-        router = sum(self._terms, torch.zeros((), device=contrastive.device))
-        if self.cached and contrastive.requires_grad:
-            # A new node whose gradient arrives before GradCache's replay hook on `contrastive` runs.
-            contrastive = contrastive.clone()
-            contrastive.register_hook(self._remember_grad_scale)
-            router = router.detach()
-        return {"contrastive": contrastive, "router": router}
 
 
 def build_loss(args: EmbeddingArguments, model: SentenceTransformer) -> nn.Module:

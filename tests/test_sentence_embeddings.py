@@ -21,6 +21,7 @@ from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
 import train_sentence_embeddings as tse  # noqa: E402
 from spanish_moe_bert.export import export_model  # noqa: E402
+from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,12 +69,12 @@ def batch_and_model(mlm_checkpoint):
 
 def test_router_losses_reach_the_router_weights(batch_and_model):
     model, batch = batch_and_model
-    loss = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
+    loss = RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
     parts, with_router = grads(model, loss, batch, only="router")
     assert with_router, "no router parameter received a gradient"
     assert parts["router"].item() > 0 and parts["router"].requires_grad
     loss.remove_hooks()
-    off = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model, weight=0.0)
+    off = RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model, weight=0.0)
     parts, without = grads(model, off, batch, only="router")
     off.remove_hooks()
     assert parts["router"].item() == 0
@@ -89,11 +90,11 @@ def test_gradcache_gives_the_same_gradients_including_router_losses(batch_and_mo
     from sentence_transformers.base.losses.merged_forward import column_merging_disabled
 
     model, batch = batch_and_model
-    plain = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
+    plain = RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
     with column_merging_disabled():
         plain_parts, plain_grads = grads(model, plain, batch)
     plain.remove_hooks()
-    cached = tse.RouterLossWrapper(losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=4), model)
+    cached = RouterLossWrapper(losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=4), model)
     cached_parts, cached_grads = grads(model, cached, batch)
     cached.remove_hooks()
     assert cached.cached and not plain.cached
