@@ -14,6 +14,7 @@ before and after training, next to BM25 and all-MiniLM-L6-v2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from torch import nn  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from spanish_moe_bert.corpus import iter_corpus  # noqa: E402
+from spanish_moe_bert.export import SentenceStage, card_datasets, export_model  # noqa: E402
 from spanish_moe_bert.pairs import (  # noqa: E402
     HeldOutParagraphs,
     PairConfig,
@@ -38,31 +40,22 @@ from spanish_moe_bert.pairs import (  # noqa: E402
     mine_bm25_negatives,
     read_labelled_pairs,
 )
-from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
 from spanish_moe_bert.retrieval_eval import (  # noqa: E402
     DATASET_NAME,
     DEV_DIR,
-    BM25System,
     EmbeddingSystem,
     compare,
+    default_systems,
     eval_results_for_card,
     evaluate_system,
     load_retrieval,
-    load_sentence_transformer,
     markdown_table,
-    minilm_path,
 )
+from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent
-SIMILARITY_WIDGET = {
-    "source_sentence": "¿Cómo inserto una tabla en el documento?",
-    "sentences": [
-        "Para insertar una tabla, abra el menú Insertar y pulse Tabla.",
-        "Seleccione las celdas que desea ordenar y elija Datos - Ordenar.",
-        "Y dijo Dios: Sea la luz; y fué la luz.",
-    ],
-}
+AFTER = "ours after (contrastive)"
 
 
 @dataclass
@@ -174,7 +167,7 @@ def build_loss(args: EmbeddingArguments, model: SentenceTransformer) -> nn.Modul
 
 
 def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArguments) -> dict:
-    """Train, save, evaluate; returns {system: metrics} for before/after/BM25/MiniLM."""
+    """Train, evaluate, export; returns {system: metrics} for before/after/BM25/MiniLM."""
     dev = load_retrieval(Path(args.dev_dir) / "queries.jsonl", Path(args.dev_dir) / "corpus.jsonl")
     train_dataset = load_pairs(args, training_args.seed)
     model, pooling, before = choose_pooling(args, dev)
@@ -185,17 +178,13 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
     )
     trainer.train()
 
-    output_dir = Path(training_args.output_dir)
-    trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # the card's loss curve and steps
-    export_embedding_model(model, args, pooling, output_dir, len(train_dataset))
-
     results = {f"ours before ({pooling} pooling, MLM only)": before[pooling]}
-    systems = [EmbeddingSystem(load_sentence_transformer(output_dir), "ours after (contrastive)")]
-    if args.eval_baselines:
-        systems += [BM25System(), EmbeddingSystem(load_sentence_transformer(minilm_path()), "all-MiniLM-L6-v2")]
-    results.update(compare(systems, dev))
+    results.update(compare(default_systems({AFTER: model}, baselines=args.eval_baselines), dev))
     table = markdown_table(results, reference="BM25 (bm25s)" if args.eval_baselines else None)
-    add_results_to_card(output_dir, results["ours after (contrastive)"], table)
+    output_dir = Path(training_args.output_dir)
+    export_embedding_model(
+        model, args, pooling, output_dir, dataclasses.asdict(trainer.state), len(train_dataset), results[AFTER], table
+    )
     (output_dir / "embedding_eval.json").write_text(
         json.dumps({"pooling": pooling, "pooling_candidates": before, "results": results}, indent=2) + "\n"
     )
@@ -204,58 +193,40 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
 
 
 # ---------------------------------------------------------------------------------------------
-# Output: the same Hub folder as the MLM export, plus what this stage adds
+# Output: the MLM export's Hub folder, with what this stage adds
 
 
 def export_embedding_model(
-    model: SentenceTransformer, args: EmbeddingArguments, pooling: str, output_dir: Path, num_pairs: int
-) -> None:
-    """Save the trained encoder under the checkpoint's MLM head and export it like run_mlm.py does.
-
-    The MLM head is the pre-trained one (this stage does not train it), so the folder still loads as
-    every Auto class; then the prompts and training sequence length go into the Sentence Transformers files.
-    The card keeps the pre-training data named by the checkpoint's own card.
-    """
-    from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-    from spanish_moe_bert.export import card_datasets, export_model
-
-    mlm = SpanishMoEBertForMaskedLM.from_pretrained(args.model_name_or_path)
-    mlm.model.load_state_dict(model[0].model.state_dict())
-    mlm.save_pretrained(output_dir)
-    model.tokenizer.save_pretrained(output_dir)
+    model: SentenceTransformer,
+    args: EmbeddingArguments,
+    pooling: str,
+    output_dir: Path,
+    trainer_state: dict,
+    num_pairs: int,
+    metrics: dict[str, float],
+    table: str,
+) -> Path:
+    """Export the trained model once, all or nothing, as run_mlm.py exports: the card keeps the pre-training data
+    named by the checkpoint's own card, and adds this stage's training and dev-set retrieval `metrics`."""
+    stage = SentenceStage(
+        encoder=model[0].model,
+        prompts=model.prompts,
+        max_seq_length=args.max_seq_length,
+        description=(
+            f"Then a contrastive stage with Sentence Transformers (`train_sentence_embeddings.py`): {num_pairs:,} "
+            "unsupervised pairs from Spanish documents (independent crops, neighbouring paragraphs, heading → body), "
+            "BM25-mined hard negatives, the router losses kept on. The MLM head was not trained in this stage. "
+            "The loss curve and the table below are this stage's."
+        ),
+        trainer_state=trainer_state,
+        results=(
+            f"Retrieval on held-out Spanish documents ({DATASET_NAME}), before and after the contrastive stage "
+            f"(see Training):\n\n{table}"
+        ),
+        eval_results=eval_results_for_card(metrics),
+    )
     datasets = card_datasets(args.model_name_or_path) or []
-    stage = (
-        f"Then a contrastive stage with Sentence Transformers (`train_sentence_embeddings.py`): {num_pairs:,} "
-        "unsupervised pairs from Spanish documents (independent crops, neighbouring paragraphs, heading → body), "
-        "BM25-mined hard negatives, the router losses kept on. The MLM head was not trained in this stage. "
-        "The loss curve and the table below are this stage's."
-    )
-    export_model(output_dir, pooling=pooling, datasets=datasets, sentence_stage=stage)
-    settings = output_dir / "config_sentence_transformers.json"
-    st_config = json.loads(settings.read_text())
-    st_config["prompts"] = model.prompts
-    settings.write_text(json.dumps(st_config, indent=2) + "\n")
-    bert_config = output_dir / "sentence_bert_config.json"
-    bert_config.write_text(json.dumps({**json.loads(bert_config.read_text()), "max_seq_length": args.max_seq_length}, indent=2) + "\n")
-
-
-def add_results_to_card(folder: Path, metrics: dict[str, float], table: str) -> None:
-    """The dev-set retrieval metrics into the card's model-index, and the comparison as a section."""
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.load(folder / "README.md")
-    card.data.eval_results = (card.data.eval_results or []) + eval_results_for_card(metrics)
-    # What this folder is now for; the MLM head's fill-mask widget would show a head this stage left behind.
-    card.data.pipeline_tag = "sentence-similarity"
-    card.data.widget = [SIMILARITY_WIDGET]
-    section = (
-        "## Sentence embeddings: contrastive stage\n\n"
-        f"Retrieval on held-out Spanish documents ({DATASET_NAME}), before and after the contrastive stage "
-        f"(see Training):\n\n{table}\n\n"
-    )
-    marker = "## Architecture"
-    card.text = card.text.replace(marker, section + marker, 1) if marker in card.text else card.text + "\n" + section
-    card.save(folder / "README.md")
+    return export_model(args.model_name_or_path, output_dir, pooling=pooling, datasets=datasets, sentence_stage=stage)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,6 +1,7 @@
 """The contrastive stage: router losses reach the experts (also through GradCache), and a tiny run
 exports a folder that a fresh process loads with SentenceTransformer(dir, trust_remote_code=True)."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -20,6 +22,7 @@ from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
 import train_sentence_embeddings as tse  # noqa: E402
+import spanish_moe_bert.export as export_module  # noqa: E402
 from spanish_moe_bert.export import export_model  # noqa: E402
 from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
 
@@ -111,6 +114,50 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
         make_args(mlm_checkpoint, pooling="max")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         make_args(tmp_path)
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_embedding_export_writes_everything_at_once_or_nothing(mlm_checkpoint, tmp_path, monkeypatch):
+    args = make_args(mlm_checkpoint, query_prompt="consulta: ")
+    model = tse.build_model(args, "mean")
+    with torch.no_grad():  # a trained encoder differs from the checkpoint's
+        model[0].model.embeddings.word_embeddings.weight.mul_(2)
+    output_dir = shutil.copytree(mlm_checkpoint, tmp_path / "embed")  # a folder already holding an export
+    state = {"global_step": 3, "log_history": [{"step": s, "loss": 3.0 - s / 2} for s in (1, 2, 3)]}
+    metrics = {"ndcg@10": 0.25, "mrr@10": 0.2, "recall@1": 0.125}
+
+    def export():
+        return tse.export_embedding_model(model, args, "mean", output_dir, state, 96, metrics, "| system |\n|---|")
+
+    before = _hashes(output_dir)
+
+    def broken_card(*args, **kwargs):  # the card is the last thing written
+        raise RuntimeError("card template broken")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module, "write_model_card", broken_card)
+        with pytest.raises(RuntimeError, match="card template broken"):
+            export()
+    assert _hashes(output_dir) == before
+    assert not any(p.name.startswith(".staging-") for p in output_dir.iterdir())
+
+    export()
+    settings = json.loads((output_dir / "config_sentence_transformers.json").read_text())
+    assert settings["prompts"]["query"] == "consulta: "
+    assert json.loads((output_dir / "sentence_bert_config.json").read_text())["max_seq_length"] == 48
+    assert json.loads((output_dir / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"]
+    exported = load_file(output_dir / "model.safetensors")
+    trained = model[0].model.embeddings.word_embeddings.weight
+    assert torch.equal(exported["model.embeddings.word_embeddings.weight"], trained)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.pipeline_tag == "sentence-similarity" and "source_sentence" in card.data.widget[0]
+    assert [r.metric_value for r in card.data.eval_results if r.metric_type == "ndcg_at_10"] == [0.25]
+    assert "## Sentence embeddings: contrastive stage" in card.text and "| system |" in card.text
+    assert card.data.datasets == ["someone/spanish-text"]
+    assert "96 unsupervised pairs" in card.text and (output_dir / "training_loss.png").is_file()
 
 
 def small_dev_set(folder: Path) -> Path:
