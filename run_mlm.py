@@ -8,7 +8,7 @@
     python run_mlm.py --help                                             # every option
 
 A run streams its documents (a Hub dataset or local .txt/.jsonl/.jsonl.gz files), holds out a validation split by
-document, tokenizes on the fly, packs tokens into blocks and masks 15% of them. Every `save_steps` it writes a
+document, tokenizes on the fly, packs tokens into blocks and masks 15% of them (`--mlm_probability`). Every `save_steps` it writes a
 checkpoint that also holds the position in the data stream; rerunning the same command after a crash resumes
 from the newest complete checkpoint in `output_dir`, with the same losses as a run that never stopped. At the
 end, the model and tokenizer are saved to `output_dir` and exported as a Hub-ready folder.
@@ -28,9 +28,10 @@ from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes
+from spanish_moe_bert.callbacks import DiskBudgetCallback, MaskingRateCallback, directory_bytes
 from spanish_moe_bert.corpus import DEFAULT_DATASET, hub_documents
 from spanish_moe_bert.data import (
+    MLM_PROBABILITY,
     MaskingCollator,
     first_example,
     local_documents,
@@ -110,7 +111,9 @@ class DataTrainingArguments:
         default=False,
         metadata={"help": "One example per document (truncated, padded) instead of packing documents into blocks."},
     )
-    mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of tokens masked for the MLM loss."})
+    mlm_probability: float = field(
+        default=MLM_PROBABILITY, metadata={"help": "Fraction of tokens masked for the MLM loss."}
+    )
     map_batch_size: int = field(default=1000, metadata={"help": "Documents tokenized (and packed) together."})
 
     def __post_init__(self):
@@ -287,7 +290,10 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         data_collator=MaskingCollator.for_tokenizer(tokenizer, data_args.mlm_probability, pad_to),
         compute_metrics=mlm_metrics if eval_dataset is not None else None,
         preprocess_logits_for_metrics=logits_to_predictions if eval_dataset is not None else None,
-        callbacks=[StreamStateCallback(train_stream), disk_budget, *extra_callbacks],
+        callbacks=[
+            StreamStateCallback(train_stream), MaskingRateCallback(data_args.mlm_probability), disk_budget,
+            *extra_callbacks,
+        ],
     )
     try:
         train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -322,6 +328,7 @@ def export(training_args, data_args, metrics: dict, push_to_hub: bool) -> None:
             training_args.output_dir,
             eval_results=metrics,
             datasets=[] if data_args.train_file else [data_args.dataset_name],
+            mlm_probability=data_args.mlm_probability,
             push_to_hub=push_to_hub,
             hub_model_id=training_args.hub_model_id,
         )

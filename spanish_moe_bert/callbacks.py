@@ -1,4 +1,4 @@
-"""The disk budget of `run_mlm.py`: keeps checkpoints, logs and the final model within `--disk_budget_gb`."""
+"""Trainer callbacks of `run_mlm.py`: the disk budget, and the masking rate recorded for the model card."""
 
 import logging
 import shutil
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from .resume import is_complete, last_complete_checkpoint, list_checkpoints
 
@@ -31,6 +32,25 @@ def _from_rank_zero(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class MaskingRateCallback(TrainerCallback, ExportableState):
+    """Records `--mlm_probability` in `trainer_state.json` (the final model's and every checkpoint's), so that a
+    later export of the folder states the rate the model was trained with."""
+
+    def __init__(self, mlm_probability: float):
+        self.mlm_probability = mlm_probability
+
+    def state(self) -> dict:
+        return {"args": {"mlm_probability": self.mlm_probability}, "attributes": {}}
+
+
+def recorded_mlm_probability(trainer_state: dict | None) -> float | None:
+    """The masking rate a `MaskingRateCallback` recorded in a Trainer state, or None."""
+    try:
+        return trainer_state["stateful_callbacks"][MaskingRateCallback.__name__]["args"]["mlm_probability"]
+    except (KeyError, TypeError):
+        return None
 
 
 class DiskBudgetCallback(TrainerCallback):

@@ -17,6 +17,8 @@ from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenCl
 
 from .corpus import check_corpus_file, is_held_out, iter_texts
 
+MLM_PROBABILITY = 0.15  # BERT's share of masked tokens: run_mlm.py's default
+
 
 class EmptyDatasetError(ValueError):
     """The data yielded no training example at all."""

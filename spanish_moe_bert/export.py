@@ -35,8 +35,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, u
 
 from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+from spanish_moe_bert.callbacks import recorded_mlm_probability
 from spanish_moe_bert.corpus import DEFAULT_DATASET
-from spanish_moe_bert.data import MaskingCollator, local_documents, masked_eval_set, tokenize_stream
+from spanish_moe_bert.data import MLM_PROBABILITY, MaskingCollator, local_documents, masked_eval_set, tokenize_stream
 from spanish_moe_bert.training import perplexity
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 
@@ -111,7 +112,7 @@ def evaluate_mlm(
     eval_files: Sequence[str],
     max_seq_length: int = 128,
     max_samples: int = 128,
-    mlm_probability: float = 0.15,
+    mlm_probability: float = MLM_PROBABILITY,
     seed: int = 42,
     batch_size: int = 16,
 ) -> dict[str, float]:
@@ -252,6 +253,7 @@ def write_model_card(
     pooling: str,
     loss_curve: bool,
     trainer_state: dict | None,
+    mlm_probability: float,
     sentence_stage: SentenceStage | None = None,
 ) -> None:
     """README.md from hub_card/model_card_template.md with ModelCardData metadata."""
@@ -331,12 +333,12 @@ def write_model_card(
         pooling="[CLS]" if pooling == "cls" else "mean",
         eval_rows=eval_rows,
         eval_source=eval_source,
-        mlm_percent=15,
+        mlm_percent=f"{100 * mlm_probability:g}",
         architecture_rows=architecture_rows,
         expert_load_plot=EXPERT_LOAD_FILE,
         uniform_load=f"{1 / config.num_experts:.3f}",
         training_text=(
-            f"Masked language modelling (15% of tokens) plus the router's load-balancing loss "
+            f"Masked language modelling ({100 * mlm_probability:g}% of tokens) plus the router's load-balancing loss "
             f"(coefficient {config.router_aux_loss_coef}) and z-loss (coefficient {config.router_z_loss_coef}), "
             f"with the Hugging Face Trainer (`run_mlm.py`). Training data: {data_text}."
         ),
@@ -363,6 +365,7 @@ def export_model(
     eval_files: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
     pooling: str = "cls",
+    mlm_probability: float | None = None,
     sentence_stage: SentenceStage | None = None,
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
@@ -373,7 +376,8 @@ def export_model(
     Held-out metrics for the card come from `eval_results` (run_mlm.py's `eval_*` metrics), else from
     `eval_files` (measured here), else from `model_dir/eval_results.json` if the Trainer wrote one.
     `datasets` (Hub ids for the card) default to those named by a card already in `model_dir` (run_mlm.py
-    writes one), else DEFAULT_DATASETS.
+    writes one), else DEFAULT_DATASETS. `mlm_probability`, the masking rate of pre-training and of the card's MLM
+    metrics, defaults to the one run_mlm.py records in `model_dir/trainer_state.json`, else MLM_PROBABILITY.
     A `sentence_stage` exports that stage's encoder under the checkpoint's MLM head (so the folder still loads as
     every Auto class), with its prompts and sequence length; its card is that stage's (training table, loss curve,
     retrieval results), without the checkpoint's MLM metrics, which the stage made stale.
@@ -396,15 +400,17 @@ def export_model(
     config = model.config
     max_seq_length = min(tokenizer.model_max_length, config.max_position_embeddings)
     prompts = {}
+    trainer_state_path = model_dir / "trainer_state.json"
+    trainer_state = json.loads(trainer_state_path.read_text()) if trainer_state_path.is_file() else None
+    if mlm_probability is None:
+        mlm_probability = recorded_mlm_probability(trainer_state) or MLM_PROBABILITY
 
     eval_source = "the run's validation split"
     if not eval_results and eval_files:
-        eval_results = evaluate_mlm(model, tokenizer, eval_files)
+        eval_results = evaluate_mlm(model, tokenizer, eval_files, mlm_probability=mlm_probability)
         eval_source = ", ".join(Path(f).name for f in eval_files)
     elif not eval_results and not sentence_stage and (model_dir / "eval_results.json").is_file():
         eval_results = json.loads((model_dir / "eval_results.json").read_text())
-    trainer_state_path = model_dir / "trainer_state.json"
-    trainer_state = json.loads(trainer_state_path.read_text()) if trainer_state_path.is_file() else None
     if sentence_stage:
         model.model.load_state_dict(sentence_stage.encoder.state_dict())
         trainer_state = sentence_stage.trainer_state
@@ -434,6 +440,7 @@ def export_model(
             pooling=pooling,
             loss_curve=loss_curve,
             trainer_state=trainer_state,
+            mlm_probability=mlm_probability,
             sentence_stage=sentence_stage,
         )
         move_into(staging, output_dir)

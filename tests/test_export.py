@@ -17,6 +17,7 @@ import spanish_moe_bert.export as export
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from export_model import parse_args
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+from spanish_moe_bert.callbacks import MaskingRateCallback
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +91,19 @@ def test_re_export_keeps_the_datasets_the_checkpoint_card_names(checkpoint, tmp_
     again = export.export_model(local, tmp_path / "again")  # export_model.py without --datasets
     assert ModelCard.load(again / "README.md").data.datasets is None
     assert "Training data: local Spanish text." in (again / "README.md").read_text()
+
+
+def test_card_states_the_masking_rate_of_the_run(checkpoint, tmp_path):
+    folder = export.export_model(checkpoint, tmp_path / "explicit", eval_results=EVAL_RESULTS, mlm_probability=0.3)
+    card = (folder / "README.md").read_text()
+    assert "masking 30% of the tokens" in card and "Masked language modelling (30% of tokens)" in card
+    # A re-export reads the rate run_mlm.py recorded in the Trainer state.
+    recorded = shutil.copytree(checkpoint, tmp_path / "recorded")
+    state = json.loads((recorded / "trainer_state.json").read_text())
+    state["stateful_callbacks"] = {"MaskingRateCallback": MaskingRateCallback(0.25).state()}
+    (recorded / "trainer_state.json").write_text(json.dumps(state))
+    card = (export.export_model(recorded, eval_results=EVAL_RESULTS) / "README.md").read_text()
+    assert "masking 25% of the tokens" in card and "Masked language modelling (25% of tokens)" in card
 
 
 def test_parameter_counts_leave_out_inactive_experts():

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, TrainerCallback
 
 import run_mlm
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes
+from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes, recorded_mlm_probability
 from spanish_moe_bert.corpus import CorpusError
 from spanish_moe_bert.resume import is_complete, list_checkpoints, read_stream_states
 
@@ -100,7 +100,7 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     output_dir = tmp_path / "run"
     metrics = run_mlm.main(
         run_args(output_dir, tokenizer_dir, max_steps=6, save_steps=3, eval_strategy="steps", eval_steps=3,
-                 report_to="tensorboard", do_eval="true", gradient_accumulation_steps=2)  # fmt: skip
+                 report_to="tensorboard", do_eval="true", gradient_accumulation_steps=2, mlm_probability=0.2)  # fmt: skip
     )
     for key in ("eval_loss", "eval_mlm_loss", "eval_accuracy", "eval_perplexity", "train_loss"):
         assert math.isfinite(metrics[key])
@@ -123,6 +123,8 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     assert metrics["train_loss"] < math.log(512) + 1
     # ... and output_dir is the Hub export (spanish_moe_bert.export), with this run's metrics in the card.
     assert (output_dir / "modules.json").is_file() and (output_dir / "README.md").is_file()
+    assert "masking 20% of the tokens" in (output_dir / "README.md").read_text()
+    assert recorded_mlm_probability(json.loads((output_dir / "trainer_state.json").read_text())) == 0.2
 
 
 def test_trains_its_own_tokenizer_when_none_is_given(tmp_path):
