@@ -4,12 +4,14 @@ Pairs come from the Spanish corpus without labels (independent cropping, neighbo
 heading -> body; see spanish_moe_bert/pairs.py), optionally plus a labelled JSONL file, each with a
 BM25-mined hard negative. Training uses SentenceTransformerTrainer with (Cached)MultipleNegativesRankingLoss;
 the MoE router losses (load balancing + z-loss) are added to it so the experts stay balanced
-(spanish_moe_bert/router_loss.py). The
-dev-set documents (data/retrieval_dev) are excluded from the pairs, and the model is evaluated on them
-before and after training, next to BM25 and all-MiniLM-L6-v2.
+(spanish_moe_bert/router_loss.py). The dev-set documents (data/retrieval_dev) are excluded from the pairs,
+and the model is evaluated on them before and after training, next to BM25 and all-MiniLM-L6-v2.
 
     python train_sentence_embeddings.py --model_name_or_path outputs/mini --output_dir outputs/mini-embed \
         --train_files ../shared/data/es_corpus.jsonl.gz --max_steps 300
+
+Every model it loads is a local folder; without network, set HF_HUB_OFFLINE=1 (scripts/test.sh and
+scripts/quickstart.sh do) so that the libraries do not try the Hub first.
 """
 
 from __future__ import annotations
@@ -17,30 +19,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer import losses
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+from torch import nn
+from transformers import HfArgumentParser
 
-from datasets import Dataset  # noqa: E402
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: E402
-from sentence_transformers.sentence_transformer import losses  # noqa: E402
-from sentence_transformers.sentence_transformer.modules import Pooling, Transformer  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
-
-from spanish_moe_bert.corpus import iter_corpus  # noqa: E402
-from spanish_moe_bert.export import SentenceStage, card_datasets, export_model  # noqa: E402
-from spanish_moe_bert.pairs import (  # noqa: E402
+from spanish_moe_bert.corpus import iter_corpus
+from spanish_moe_bert.export import SentenceStage, card_datasets, export_model
+from spanish_moe_bert.pairs import (
     HeldOutParagraphs,
     PairConfig,
     build_pairs,
     mine_bm25_negatives,
     read_labelled_pairs,
 )
-from spanish_moe_bert.retrieval_eval import (  # noqa: E402
+from spanish_moe_bert.retrieval_eval import (
     DATASET_NAME,
     DEV_DIR,
     EmbeddingSystem,
@@ -51,7 +50,7 @@ from spanish_moe_bert.retrieval_eval import (  # noqa: E402
     load_retrieval,
     markdown_table,
 )
-from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
+from spanish_moe_bert.router_loss import RouterLossWrapper
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent

@@ -212,10 +212,9 @@ def minilm_path() -> Path:
 
 
 def load_sentence_transformer(path: str | os.PathLike, **kwargs):
-    """Load a local Sentence Transformers folder offline (our exports need their remote code)."""
+    """Load a local Sentence Transformers folder, without the Hub (our exports need their remote code)."""
     from sentence_transformers import SentenceTransformer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return SentenceTransformer(str(path), trust_remote_code=True, device="cpu", local_files_only=True, **kwargs)
 
 
@@ -254,10 +253,3 @@ def eval_results_for_card(metrics: dict[str, float], dataset_name: str = DATASET
         for name, value in metrics.items()
         if name in CARD_METRICS
     ]
-
-
-def evaluate_on_dev(model, queries: Path = DEV_QUERIES, corpus: Path | None = DEV_CORPUS) -> dict[str, float]:
-    """The retrieval metrics of one model (folder or SentenceTransformer) on the bundled dev set."""
-    if isinstance(model, (str, os.PathLike)):
-        model = load_sentence_transformer(model)
-    return evaluate_system(EmbeddingSystem(model, "model"), load_retrieval(queries, corpus))
