@@ -7,7 +7,7 @@ Contenders, all at the shapes of one of our configs (hidden size, layers, heads,
   modernbert   transformers' ModernBertForMaskedLM, GLU width = our active FFN width
   bert         transformers' BertForMaskedLM, MLP width 1.5x (same active FFN parameters)
 
-Same tokenizer (8k unigram on the benchmark's corpus), same pre-masked batches in the same order, same sequence
+Same tokenizer (8k BPE on the benchmark's corpus), same pre-masked batches in the same order, same sequence
 length, tokens seen, AdamW settings, warmup/decay schedule and clipping, one shared loop (harness.py) that
 trains the models one step each in turn so machine noise hits all alike. The held-out set is
 every 20th paragraph, masked once.

@@ -45,7 +45,7 @@ def paragraphs(path: Path = CORPUS) -> list[str]:
 
 
 def train_tokenizer(vocab_size: int = 8000, corpus: Path = CORPUS):
-    """The one tokenizer every contender uses: SentencePiece-unigram trained on the benchmark's corpus."""
+    """The one tokenizer every contender uses: our SentencePiece-style BPE, trained on the benchmark's corpus."""
     return SpanishSPMTokenizer.train_new(paragraphs(corpus), vocab_size=vocab_size)
 
 
