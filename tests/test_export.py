@@ -1,6 +1,5 @@
 """The Hub export: a complete folder, what a Hub user does with it in a fresh process, and push_to_hub offline."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -221,20 +220,16 @@ def test_push_to_hub_uploads_the_exported_folder(checkpoint, tmp_path, monkeypat
     assert card.data.model_name == "me/spanish-moe-bert" and 'model="me/spanish-moe-bert"' in card.text
 
 
-def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
-
-
-def test_push_without_network_fails_clearly_and_keeps_the_folder(exported, monkeypatch):
+def test_push_without_network_fails_clearly_and_keeps_the_folder(exported, monkeypatch, file_hashes):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    before = _hashes(exported)
+    before = file_hashes(exported)
     with pytest.raises(export.HubPushError, match=r"could not push .* 'me/spanish-moe-bert'.*complete and unchanged"):
         export.push_folder(exported, "me/spanish-moe-bert")
-    assert _hashes(exported) == before
+    assert file_hashes(exported) == before
 
 
-def test_failed_export_leaves_an_existing_folder_as_it_was(exported, monkeypatch):
-    before = _hashes(exported)
+def test_failed_export_leaves_an_existing_folder_as_it_was(exported, monkeypatch, file_hashes):
+    before = file_hashes(exported)
 
     def broken_card(*args, **kwargs):
         raise RuntimeError("card template broken")
@@ -242,7 +237,7 @@ def test_failed_export_leaves_an_existing_folder_as_it_was(exported, monkeypatch
     monkeypatch.setattr(export, "write_model_card", broken_card)
     with pytest.raises(RuntimeError, match="card template broken"):
         export.export_model(exported, pooling="mean")
-    assert _hashes(exported) == before
+    assert file_hashes(exported) == before
     assert not any(name.startswith(".staging-") for name in os.listdir(exported))
 
 

@@ -1,7 +1,6 @@
 """The contrastive stage: router losses reach the experts (also through GradCache), and a tiny run
 exports a folder that a fresh process loads with SentenceTransformer(dir, trust_remote_code=True)."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -116,11 +115,7 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
         make_args(tmp_path)
 
 
-def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
-
-
-def test_embedding_export_writes_everything_at_once_or_nothing(mlm_checkpoint, tmp_path, monkeypatch):
+def test_embedding_export_writes_everything_at_once_or_nothing(mlm_checkpoint, tmp_path, monkeypatch, file_hashes):
     args = make_args(mlm_checkpoint, query_prompt="consulta: ")
     model = tse.build_model(args, "mean")
     with torch.no_grad():  # a trained encoder differs from the checkpoint's
@@ -132,7 +127,7 @@ def test_embedding_export_writes_everything_at_once_or_nothing(mlm_checkpoint, t
     def export():
         return tse.export_embedding_model(model, args, "mean", output_dir, state, 96, metrics, "| system |\n|---|")
 
-    before = _hashes(output_dir)
+    before = file_hashes(output_dir)
 
     def broken_card(*args, **kwargs):  # the card is the last thing written
         raise RuntimeError("card template broken")
@@ -141,7 +136,7 @@ def test_embedding_export_writes_everything_at_once_or_nothing(mlm_checkpoint, t
         patch.setattr(export_module, "write_model_card", broken_card)
         with pytest.raises(RuntimeError, match="card template broken"):
             export()
-    assert _hashes(output_dir) == before
+    assert file_hashes(output_dir) == before
     assert not any(p.name.startswith(".staging-") for p in output_dir.iterdir())
 
     export()
