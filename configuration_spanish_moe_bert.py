@@ -197,7 +197,9 @@ class SpanishMoEBertConfig(PreTrainedConfig):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be None (automatic) or > 0, got {getattr(self, name)}")
         if self.embedding_multiplier is not None and not self.embedding_multiplier > 0:
-            raise ValueError(f"`embedding_multiplier` must be None (sqrt(hidden_size)) or > 0, got {self.embedding_multiplier}")
+            raise ValueError(
+                f"`embedding_multiplier` must be None (sqrt(hidden_size)) or > 0, got {self.embedding_multiplier}"
+            )
 
 
 __all__ = ["SpanishMoEBertConfig"]

@@ -37,7 +37,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=parse_model, action="append", default=[], help="NAME=FOLDER (repeatable)")
     parser.add_argument("--queries", type=Path, default=DEV_QUERIES, help='JSONL {"query", "positive"}')
-    parser.add_argument("--corpus", type=Path, default=None, help='JSONL {"text"} (default: the dev corpus with the dev queries)')
+    parser.add_argument(
+        "--corpus", type=Path, default=None, help='JSONL {"text"} (default: the dev corpus with the dev queries)'
+    )
     parser.add_argument("--sts", type=Path, default=None, help='JSONL {"sentence1", "sentence2", "score"}')
     parser.add_argument("--no_baselines", action="store_true", help="skip BM25 and all-MiniLM-L6-v2")
     parser.add_argument("--output_json", type=Path, default=None)

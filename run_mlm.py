@@ -8,10 +8,11 @@
     python run_mlm.py --help                                             # every option
 
 A run streams its documents (a Hub dataset or local .txt/.jsonl/.jsonl.gz files), holds out a validation split by
-document, tokenizes on the fly, packs tokens into blocks and masks 15% of them (`--mlm_probability`). Every `save_steps` it writes a
-checkpoint that also holds the position in the data stream; rerunning the same command after a crash resumes
-from the newest complete checkpoint in `output_dir`, with the same losses as a run that never stopped. At the
-end, the model and tokenizer are saved to `output_dir` and exported as a Hub-ready folder.
+document, tokenizes on the fly, packs tokens into blocks and masks 15% of them (`--mlm_probability`). Every
+`save_steps` it writes a checkpoint that also holds the position in the data stream; rerunning the same command
+after a crash resumes from the newest complete checkpoint in `output_dir`, with the same losses as a run that never
+stopped (see spanish_moe_bert/resume.py). At the end, the model and tokenizer are saved to `output_dir` and
+exported as a Hub-ready folder.
 """
 
 import json
@@ -57,7 +58,10 @@ logger = logging.getLogger("run_mlm")
 class ModelArguments:
     model_config: str | None = field(
         default=None,
-        metadata={"help": "Model architecture JSON (configs/tiny.json, mini.json, large.json) for a model trained from scratch."},
+        metadata={
+            "help": "Model architecture JSON (configs/tiny.json, mini.json, large.json) for a model trained from "
+            "scratch."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -120,7 +124,9 @@ class DataTrainingArguments:
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"--mlm_probability must be between 0 and 1, got {self.mlm_probability}")
         if not 0 <= self.validation_split_percentage < 100:
-            raise ValueError(f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}")
+            raise ValueError(
+                f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}"
+            )
         if self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
 
@@ -133,7 +139,9 @@ class PretrainingArguments(TrainingArguments):
         default=300.0,
         metadata={"help": "Most GiB this run may keep in output_dir (checkpoints, logs, final model); see README."},
     )
-    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Where to log; TensorBoard by default."})
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Where to log; TensorBoard by default."}
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
 
     def __post_init__(self):

@@ -69,21 +69,30 @@ class EmbeddingArguments:
         default_factory=lambda: ["crop", "neighbours", "heading"],
         metadata={"help": "Unsupervised pair builders: crop, neighbours, heading."},
     )
-    labelled_pairs: str | None = field(default=None, metadata={"help": 'Extra JSONL {"anchor","positive"[,"negative"]}.'})
+    labelled_pairs: str | None = field(
+        default=None, metadata={"help": 'Extra JSONL {"anchor","positive"[,"negative"]}.'}
+    )
     max_pairs: int | None = field(default=None, metadata={"help": "Train on at most this many pairs."})
     hard_negatives: bool = field(default=True, metadata={"help": "Mine one BM25 hard negative per pair."})
-    pooling: str = field(default="mean", metadata={"help": "cls, mean, or auto (the better on the dev set before training)."})
+    pooling: str = field(
+        default="mean", metadata={"help": "cls, mean, or auto (the better on the dev set before training)."}
+    )
     max_seq_length: int = field(default=128)
     loss: str = field(default="cached_mnrl", metadata={"help": "cached_mnrl (GradCache, large batches) or mnrl."})
     mini_batch_size: int = field(default=16, metadata={"help": "GradCache mini-batch: bounds memory, not the batch."})
     scale: float = field(default=20.0, metadata={"help": "Inverse temperature of the in-batch softmax."})
     router_loss_weight: float = field(
-        default=1.0, metadata={"help": "Multiplies the config's router_aux_loss_coef / router_z_loss_coef; 0 turns them off."}
+        default=1.0,
+        metadata={"help": "Multiplies the config's router_aux_loss_coef / router_z_loss_coef; 0 turns them off."},
     )
     matryoshka_dims: list[int] | None = field(default=None, metadata={"help": "e.g. 256 128 64: MatryoshkaLoss."})
-    query_prompt: str | None = field(default=None, metadata={"help": "Prompt 'query' in config_sentence_transformers.json."})
+    query_prompt: str | None = field(
+        default=None, metadata={"help": "Prompt 'query' in config_sentence_transformers.json."}
+    )
     passage_prompt: str | None = field(default=None, metadata={"help": "Prompt 'document'."})
-    dev_dir: str = field(default=str(DEV_DIR), metadata={"help": "Dev set: queries.jsonl, corpus.jsonl, heldout_paragraphs.txt."})
+    dev_dir: str = field(
+        default=str(DEV_DIR), metadata={"help": "Dev set: queries.jsonl, corpus.jsonl, heldout_paragraphs.txt."}
+    )
     eval_baselines: bool = field(default=True, metadata={"help": "Also evaluate BM25 and all-MiniLM-L6-v2."})
 
     def __post_init__(self):
@@ -92,7 +101,9 @@ class EmbeddingArguments:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not Path(self.model_name_or_path, "config.json").is_file():
-            raise FileNotFoundError(f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)")
+            raise FileNotFoundError(
+                f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +119,9 @@ def load_pairs(args: EmbeddingArguments, seed: int) -> Dataset:
         pairs = read_labelled_pairs(args.labelled_pairs) + pairs
     pairs = pairs[: args.max_pairs]
     if len(pairs) < 2:
-        raise ValueError(f"only {len(pairs)} training pairs from {args.train_files}: documents too short or all held out")
+        raise ValueError(
+            f"only {len(pairs)} training pairs from {args.train_files}: documents too short or all held out"
+        )
     if args.hard_negatives:  # labelled pairs that come with a negative keep it
         pairs = mine_bm25_negatives(pairs, seed=seed)
     columns = ["anchor", "positive"] + (["negative"] if args.hard_negatives else [])
@@ -170,7 +183,8 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
     dev = load_retrieval(Path(args.dev_dir) / "queries.jsonl", Path(args.dev_dir) / "corpus.jsonl")
     train_dataset = load_pairs(args, training_args.seed)
     model, pooling, before = choose_pooling(args, dev)
-    logger.info("pooling %s (dev nDCG@10 before training: %s)", pooling, {p: round(m["ndcg@10"], 4) for p, m in before.items()})
+    before_ndcg = {p: round(m["ndcg@10"], 4) for p, m in before.items()}
+    logger.info("pooling %s (dev nDCG@10 before training: %s)", pooling, before_ndcg)
 
     trainer = SentenceTransformerTrainer(
         model=model, args=training_args, train_dataset=train_dataset, loss=build_loss(args, model)

@@ -14,9 +14,9 @@ batches: our MoE already skips padding tokens in the experts; transformers v5's 
 unpads (its varlen path needs flash-attention on a GPU), so on CPU it attends over padding like BERT does.
 
 Timing interleaves the models batch by batch (each batch through every model in turn) and reports the median
-over rounds of the summed batch times. Peak memory is measured in a fresh process per model: resident-set size (psutil RSS,
-sampled every millisecond by a thread) while the batches run, minus the RSS just before (weights and inputs
-already loaded): the activation memory of inference, as the OS sees it. tracemalloc would miss torch's
+over rounds of the summed batch times. Peak memory is measured in a fresh process per model: resident-set size
+(psutil RSS, sampled every millisecond by a thread) while the batches run, minus the RSS just before (weights and
+inputs already loaded): the activation memory of inference, as the OS sees it. tracemalloc would miss torch's
 allocations, which do not go through Python's allocator.
 
     python benchmarks/bench_encoder.py --quick   # mini config, 4 batches
@@ -173,7 +173,7 @@ def main():
         for batch in batches:
             for name, model in models.items():
                 seconds[name][-1] += run_batches(model, [batch])
-    params = {name: (sum(p.numel() for p in m.parameters()), harness.active_parameters(m)) for name, m in models.items()}
+    params = {name: (m.num_parameters(), harness.active_parameters(m)) for name, m in models.items()}
     del models
     gc.collect()
 
@@ -197,7 +197,8 @@ def main():
              f"paragraphs, {real_tokens:,} real tokens ({padded_tokens:,} with padding); median of {rounds} "
              f"interleaved rounds; {harness.machine_line()}")  # fmt: skip
     print(f"\n{title}\n")
-    print("| model | total params | active params | tokens/s | vs ModernBERT | peak RSS increase (range) | vs ModernBERT |")
+    print("| model | total params | active params | tokens/s | vs ModernBERT | peak RSS increase (range) "
+          "| vs ModernBERT |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
@@ -210,7 +211,8 @@ def main():
     output.write_text(json.dumps({
         "benchmark": "bench_encoder", "quick": args.quick, "model_config": Path(config_path).name, "shape": shape,
         "batch_size": args.batch_size, "batches": num_batches, "rounds": rounds, "real_tokens": real_tokens,
-        "padded_tokens": padded_tokens, "memory": "median over fresh processes of peak psutil RSS minus RSS before the batches, "
+        "padded_tokens": padded_tokens,
+        "memory": "median over fresh processes of peak psutil RSS minus RSS before the batches, "
         "MALLOC_MMAP_THRESHOLD_=131072",
         "machine": harness.machine(), "results": results,
     }, indent=2) + "\n")  # fmt: skip

@@ -103,8 +103,8 @@ def run_once(model: nn.Module, x: torch.Tensor, backward: bool) -> float:
 def bench(tokens: int, hidden: int, dtype: torch.dtype, backward: bool, rounds: int, models: dict[str, nn.Module]):
     x = torch.randn(1, tokens, hidden)
     times = {name: [] for name in models}
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else torch.autocast("cpu", enabled=False)
-    with ctx:
+    bf16 = dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False):
         for name, model in models.items():  # warm-up
             run_once(model, x, backward)
         for _ in range(rounds):
@@ -141,8 +141,11 @@ def main():
                 print(f"done: {tokens} tokens {dtype} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr)
 
     header = "| tokens | dtype | pass | contender | ms | × dense |\n|---:|---|---|---|---:|---:|"
-    lines = [f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    lines = [
+        f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows
+    ]
+    processor = platform.processor() or platform.machine()
+    machine = f"{processor}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"MoE layer: hidden {config.hidden_size}, {config.num_experts} experts × {config.moe_intermediate_size}, "
           f"top-{config.num_experts_per_tok}; {machine}\n")  # fmt: skip
     print("\n".join([header, *lines]))

@@ -107,8 +107,8 @@ def main():
     output.write_text(json.dumps({
         "benchmark": "bench_train", "model_config": Path(args.model_config).name, "quick": args.quick,
         "device": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "seq_len": args.seq_len, "batch_size": args.batch_size,
-        "rounds": args.rounds, "steps_per_round": args.steps, "results": results,
+        "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "seq_len": args.seq_len,
+        "batch_size": args.batch_size, "rounds": args.rounds, "steps_per_round": args.steps, "results": results,
     }, indent=2) + "\n")  # fmt: skip
     print(f"\nwrote {output}")
 

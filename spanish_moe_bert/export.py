@@ -298,7 +298,10 @@ def write_model_card(
     total, active = params
     moe_layers = sum(t == "sparse" for t in config.mlp_layer_types)
     architecture_rows = [
-        ("parameters (total / active per token)", f"{format_count(total)} / {format_count(active)} ({total:,} / {active:,})"),
+        (
+            "parameters (total / active per token)",
+            f"{format_count(total)} / {format_count(active)} ({total:,} / {active:,})",
+        ),
         ("layers (MoE layers)", f"{config.num_hidden_layers} ({moe_layers})"),
         ("hidden size", config.hidden_size),
         ("attention heads (key/value heads)", f"{config.num_attention_heads} ({config.num_key_value_heads})"),
@@ -390,7 +393,9 @@ def export_model(
     if push_to_hub and not hub_model_id:
         raise ValueError("push_to_hub needs hub_model_id, e.g. 'your-name/spanish-moe-bert-mini'")
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} holds no config.json: give a folder saved by run_mlm.py or save_pretrained")
+        raise FileNotFoundError(
+            f"{model_dir} holds no config.json: give a folder saved by run_mlm.py or save_pretrained"
+        )
 
     if datasets is None:
         datasets = card_datasets(model_dir)

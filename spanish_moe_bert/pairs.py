@@ -164,7 +164,9 @@ def split_heading(text: str, title: str | None = None, config: PairConfig = Pair
     return heading, body
 
 
-def heading_pairs(text: str, rng: random.Random, config: PairConfig = PairConfig(), title: str | None = None) -> list[dict]:
+def heading_pairs(
+    text: str, rng: random.Random, config: PairConfig = PairConfig(), title: str | None = None
+) -> list[dict]:
     """Heading -> body, the unsupervised twin of a title/query -> document pair."""
     split = split_heading(text, title, config)
     if split is None:

@@ -43,7 +43,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory) -> Path:
-    return export.export_model(checkpoint, tmp_path_factory.mktemp("hub") / "spanish-moe-bert-tiny", eval_results=EVAL_RESULTS)
+    folder = tmp_path_factory.mktemp("hub") / "spanish-moe-bert-tiny"
+    return export.export_model(checkpoint, folder, eval_results=EVAL_RESULTS)
 
 
 def test_folder_is_a_complete_hub_repo(exported):
@@ -154,7 +155,8 @@ HUB_USER = textwrap.dedent(
     result["st_shape"] = list(embeddings.shape)
     result["cos_sim"] = util.cos_sim(embeddings, embeddings).tolist()
     cls = model(**tokenizer(["El gato duerme."], return_tensors="pt")).pooler_output[0]
-    result["st_equals_pooler"] = torch.allclose(st.encode(["El gato duerme."], convert_to_tensor=True)[0], cls, atol=1e-5)
+    st_vector = st.encode(["El gato duerme."], convert_to_tensor=True)[0]
+    result["st_equals_pooler"] = torch.allclose(st_vector, cls, atol=1e-5)
 
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3, trust_remote_code=True)
     before = classifier.classifier.weight.detach().clone()

@@ -123,7 +123,9 @@ def test_forward_shapes_for_every_attention_and_norm_type(attention, norm):
 
 
 def test_mla_with_low_rank_queries_and_dense_layers():
-    config = make_config(attention_pattern=["mla"], q_lora_rank=16, mlp_layer_types=["dense", "sparse", "dense", "sparse"])
+    config = make_config(
+        attention_pattern=["mla"], q_lora_rank=16, mlp_layer_types=["dense", "sparse", "dense", "sparse"]
+    )
     out = SpanishMoEBertModel(config)(batch())
     assert out.last_hidden_state.shape == (3, 16, config.hidden_size)
     assert out.expert_load.shape == (2, config.num_experts)

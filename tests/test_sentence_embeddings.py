@@ -17,13 +17,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from sentence_transformers.sentence_transformer import losses  # noqa: E402
 
+import spanish_moe_bert.export as export_module  # noqa: E402
+import train_sentence_embeddings as tse  # noqa: E402
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
-from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
-import train_sentence_embeddings as tse  # noqa: E402
-import spanish_moe_bert.export as export_module  # noqa: E402
 from spanish_moe_bert.export import export_model  # noqa: E402
 from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
+from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,8 @@ def test_tiny_contrastive_run_exports_a_folder_a_fresh_process_loads(mlm_checkpo
     output_dir = tmp_path / "embed"
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text(
-        json.dumps({"anchor": "¿Cómo guardo un documento?", "positive": "Pulse Archivo ▸ Guardar."}, ensure_ascii=False) + "\n",
+        json.dumps({"anchor": "¿Cómo guardo un documento?", "positive": "Pulse Archivo ▸ Guardar."}, ensure_ascii=False)
+        + "\n",
         encoding="utf-8",
     )
     results = tse.main(
@@ -219,7 +220,11 @@ print(json.dumps({"shape": list(emb.shape), "cos": util.cos_sim(emb, emb).tolist
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", script, str(hub_copy)], cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True
+        [sys.executable, "-c", script, str(hub_copy)],
+        cwd=tmp_path / "elsewhere",
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])

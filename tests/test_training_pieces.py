@@ -71,7 +71,8 @@ def test_dataset_stream_keeps_the_text_column(tmp_path):
     # `load_dataset` streams a local folder the same way as a Hub repo (the Hub is not reachable in tests).
     folder = tmp_path / "dataset"
     folder.mkdir()
-    (folder / "train.jsonl").write_text("".join(json.dumps({"id": i, "content": f"texto {i}"}) + "\n" for i in range(5)))
+    records = (json.dumps({"id": i, "content": f"texto {i}"}) + "\n" for i in range(5))
+    (folder / "train.jsonl").write_text("".join(records))
     documents = hub_documents(str(folder), None, "train", text_column="content")
     assert [d for d in documents] == [{"text": f"texto {i}"} for i in range(5)]
     with pytest.raises(ValueError, match=r"no column 'text'.*'content'"):
@@ -182,7 +183,8 @@ def fake_checkpoint(output_dir: Path, step: int, size: int, complete: bool = Tru
     checkpoint = output_dir / f"checkpoint-{step}"
     checkpoint.mkdir(parents=True)
     (checkpoint / "model.safetensors").write_bytes(b"\0" * size)
-    state = {"global_step": step, "stateful_callbacks": {"StreamStateCallback": {"attributes": {"stream_states": [{}]}}}}
+    stream_state = {"StreamStateCallback": {"attributes": {"stream_states": [{}]}}}
+    state = {"global_step": step, "stateful_callbacks": stream_state}
     text = json.dumps(state)
     (checkpoint / "trainer_state.json").write_text(text if complete else text[: len(text) // 2])
     return checkpoint
