@@ -24,6 +24,12 @@ class EmptyDatasetError(ValueError):
     """The data yielded no training example at all."""
 
 
+NO_TRAINING_EXAMPLE = (
+    "the training data yielded no example (empty files, or every document held out, or too few tokens for one "
+    "block of max_seq_length)"
+)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Documents
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,10 +123,7 @@ def first_example(dataset: IterableDataset) -> dict:
     """Read one example, to fail before training starts on missing, empty or unreadable data."""
     example = next(iter(dataset), None)
     if example is None:
-        raise EmptyDatasetError(
-            "the training data yielded no example (empty files, or every document held out, or too few tokens "
-            "for one block of max_seq_length)"
-        )
+        raise EmptyDatasetError(NO_TRAINING_EXAMPLE)
     return example
 
 

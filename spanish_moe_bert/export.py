@@ -296,6 +296,7 @@ def write_model_card(
         widget=[SIMILARITY_WIDGET] if sentence_stage else fill_mask_widget,
     )
     total, active = params
+    mlm_percent = f"{100 * mlm_probability:g}"
     moe_layers = sum(t == "sparse" for t in config.mlp_layer_types)
     architecture_rows = [
         (
@@ -336,12 +337,12 @@ def write_model_card(
         pooling="[CLS]" if pooling == "cls" else "mean",
         eval_rows=eval_rows,
         eval_source=eval_source,
-        mlm_percent=f"{100 * mlm_probability:g}",
+        mlm_percent=mlm_percent,
         architecture_rows=architecture_rows,
         expert_load_plot=EXPERT_LOAD_FILE,
         uniform_load=f"{1 / config.num_experts:.3f}",
         training_text=(
-            f"Masked language modelling ({100 * mlm_probability:g}% of tokens) plus the router's load-balancing loss "
+            f"Masked language modelling ({mlm_percent}% of tokens) plus the router's load-balancing loss "
             f"(coefficient {config.router_aux_loss_coef}) and z-loss (coefficient {config.router_z_loss_coef}), "
             f"with the Hugging Face Trainer (`run_mlm.py`). Training data: {data_text}."
         ),

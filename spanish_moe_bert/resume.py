@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from .data import EmptyDatasetError
+from .data import NO_TRAINING_EXAMPLE, EmptyDatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,7 @@ class ResumableStream(torch.utils.data.IterableDataset):
                 examples += 1
                 yield example
             if examples == 0 and not self._resumed:
-                raise EmptyDatasetError(
-                    "the training data yielded no example (empty files, or every document held out, or too few "
-                    "tokens for one block of max_seq_length)"
-                )
+                raise EmptyDatasetError(NO_TRAINING_EXAMPLE)
             self._resumed = False
             self.epoch += 1
 
