@@ -4,16 +4,14 @@
     python evaluate_embeddings.py --model ours=DIR --queries q.jsonl --corpus c.jsonl --sts sts.jsonl
 
 Defaults to the bundled dev set (data/retrieval_dev). Prints a markdown table; --output_json saves it.
+Every model is a local folder, loaded without the Hub.
 """
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is a local folder
-
-from spanish_moe_bert.retrieval_eval import (  # noqa: E402
+from spanish_moe_bert.retrieval_eval import (
     DEV_CORPUS,
     DEV_QUERIES,
     compare,
