@@ -12,6 +12,7 @@ NORM_TYPES = ("dyt", "layernorm", "rmsnorm")
 MOE_IMPLEMENTATIONS = ("per_expert", "grouped_mm", "padded_bmm", "loop", "compiled_fallback")
 
 # Every checkpoint maps all Auto classes, so AutoModel loads a checkpoint saved from the MLM model and vice versa.
+# The one copy of the map: the modeling file registers its classes from it, and the export writes it.
 AUTO_MAP = {
     "AutoConfig": "configuration_spanish_moe_bert.SpanishMoEBertConfig",
     "AutoModel": "modeling_spanish_moe_bert.SpanishMoEBertModel",
@@ -142,6 +143,19 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         return value if value is not None else 1.0 / (self.initializer_range * self.embedding_scale)
 
     @property
+    def active_intermediate_size(self) -> int:
+        """The width of the experts a token runs together: a dense SwiGLU this wide costs the same FLOPs per token."""
+        return self.num_experts_per_tok * self.moe_intermediate_size
+
+    def dense_twin(self) -> "SpanishMoEBertConfig":
+        """This architecture with every feed-forward one SwiGLU of `active_intermediate_size`: the same FLOPs per
+        token without routing (benchmarks compare against it; sparse upcycling starts from it)."""
+        dense = ["dense"] * self.num_hidden_layers
+        return SpanishMoEBertConfig.from_dict(
+            self.to_dict() | {"mlp_layer_types": dense, "intermediate_size": self.active_intermediate_size}
+        )
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
@@ -206,7 +220,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}")
         if self.router_bias_update_rate < 0:
             raise ValueError(f"`router_bias_update_rate` must be >= 0 (0: off), got {self.router_bias_update_rate}")
-        if isinstance(self.num_shared_experts, bool) or not isinstance(self.num_shared_experts, int) or self.num_shared_experts < 0:
+        shared = self.num_shared_experts
+        if isinstance(shared, bool) or not isinstance(shared, int) or shared < 0:
             raise ValueError(f"`num_shared_experts` must be an integer >= 0, got {self.num_shared_experts!r}")
         if not 0.0 <= self.router_jitter_noise < 1.0:
             raise ValueError(f"`router_jitter_noise` must be in [0, 1), got {self.router_jitter_noise}")
@@ -220,7 +235,9 @@ class SpanishMoEBertConfig(PreTrainedConfig):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be None (automatic) or > 0, got {getattr(self, name)}")
         if self.embedding_multiplier is not None and not self.embedding_multiplier > 0:
-            raise ValueError(f"`embedding_multiplier` must be None (sqrt(hidden_size)) or > 0, got {self.embedding_multiplier}")
+            raise ValueError(
+                f"`embedding_multiplier` must be None (sqrt(hidden_size)) or > 0, got {self.embedding_multiplier}"
+            )
 
 
 __all__ = ["SpanishMoEBertConfig"]

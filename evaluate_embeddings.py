@@ -4,16 +4,14 @@
     python evaluate_embeddings.py --model ours=DIR --queries q.jsonl --corpus c.jsonl --sts sts.jsonl
 
 Defaults to the bundled dev set (data/retrieval_dev). Prints a markdown table; --output_json saves it.
+Every model is a local folder, loaded without the Hub.
 """
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is a local folder
-
-from spanish_moe_bert.retrieval_eval import (  # noqa: E402
+from spanish_moe_bert.retrieval_eval import (
     DEV_CORPUS,
     DEV_QUERIES,
     compare,
@@ -37,7 +35,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=parse_model, action="append", default=[], help="NAME=FOLDER (repeatable)")
     parser.add_argument("--queries", type=Path, default=DEV_QUERIES, help='JSONL {"query", "positive"}')
-    parser.add_argument("--corpus", type=Path, default=None, help='JSONL {"text"} (default: the dev corpus with the dev queries)')
+    parser.add_argument(
+        "--corpus", type=Path, default=None, help='JSONL {"text"} (default: the dev corpus with the dev queries)'
+    )
     parser.add_argument("--sts", type=Path, default=None, help='JSONL {"sentence1", "sentence2", "score"}')
     parser.add_argument("--no_baselines", action="store_true", help="skip BM25 and all-MiniLM-L6-v2")
     parser.add_argument("--output_json", type=Path, default=None)

@@ -29,9 +29,9 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 try:  # loaded as Hub remote code: a module of the package transformers_modules.<checkpoint>
-    from .configuration_spanish_moe_bert import SpanishMoEBertConfig
+    from .configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
 except ImportError:  # installed as a top-level module
-    from configuration_spanish_moe_bert import SpanishMoEBertConfig
+    from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
 
 # |tanh| above this counts as saturated: the gradient through it is below 2% of its value at 0.
 DYT_SATURATION_THRESHOLD = 0.99
@@ -321,7 +321,7 @@ def expert_path(
     | `config.moe_implementation` is set (`forced`)               | that one              |
     | `torch.export` / ONNX export                                | `"per_expert"`        |
     | CPU, no autograd, eager                                     | `"per_expert"`        |
-    | `F.grouped_mm` runs this device and dtype (`grouped_mm_available`: CPU; CUDA bf16 on sm80+; compiled: bf16 only) | `"grouped_mm"` |
+    | `F.grouped_mm` runs this device and dtype (`grouped_mm_available`)   | `"grouped_mm"`        |
     | `torch.compile`                                             | `"compiled_fallback"` |
     | busiest expert <= `MAX_PADDING_FACTOR` x the mean load       | `"padded_bmm"`        |
     | otherwise                                                   | `"loop"`              |
@@ -784,6 +784,12 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
                 handle.remove()
         return stats
 
+    def num_active_parameters(self) -> int:
+        """Parameters one token passes through: all of them (tied ones once) but the experts it is not routed to."""
+        experts = sum(p.numel() for m in self.modules() if isinstance(m, SpanishMoEBertExperts) for p in m.parameters())
+        idle = experts * (self.config.num_experts - self.config.num_experts_per_tok) // self.config.num_experts
+        return self.num_parameters() - idle
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Base model
@@ -933,7 +939,9 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
         saturates DyT early in training (see the README).
         """
         if token_counts.shape != self.decoder.bias.shape:
-            raise ValueError(f"token_counts has shape {tuple(token_counts.shape)}, expected ({self.config.vocab_size},)")
+            raise ValueError(
+                f"token_counts has shape {tuple(token_counts.shape)}, expected ({self.config.vocab_size},)"
+            )
         self.decoder.bias.copy_(log_unigram_prior(token_counts))
 
     @can_return_tuple
@@ -962,7 +970,9 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
         logits = self.decoder(self.head(hidden_states))  # (B, T, V), or (N, V)
         loss = mlm_loss = None
         if labels is not None:
-            mlm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+            mlm_loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
+            )
             loss = mlm_loss + router_loss(self.config, outputs)
         return SpanishMoEBertMaskedLMOutput(
             loss=loss,
@@ -1055,11 +1065,10 @@ class SpanishMoEBertForTokenClassification(SpanishMoEBertPreTrainedModel):
         )
 
 
-SpanishMoEBertConfig.register_for_auto_class()
-SpanishMoEBertModel.register_for_auto_class("AutoModel")
-SpanishMoEBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
-SpanishMoEBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-SpanishMoEBertForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+# Each class registers under the Auto class the configuration's AUTO_MAP gives it, so that save_pretrained copies
+# the code files into the checkpoint.
+for _auto_class, _reference in AUTO_MAP.items():
+    globals()[_reference.split(".")[1]].register_for_auto_class(_auto_class)
 
 __all__ = [
     "SpanishMoEBertPreTrainedModel",

@@ -8,10 +8,11 @@
     python run_mlm.py --help                                             # every option
 
 A run streams its documents (a Hub dataset or local .txt/.jsonl/.jsonl.gz files), holds out a validation split by
-document, tokenizes on the fly, packs tokens into blocks and masks 15% of them. Every `save_steps` it writes a
-checkpoint that also holds the position in the data stream; rerunning the same command after a crash resumes
-from the newest complete checkpoint in `output_dir`, with the same losses as a run that never stopped. At the
-end, the model and tokenizer are saved to `output_dir` and exported as a Hub-ready folder.
+document, tokenizes on the fly, packs tokens into blocks and masks 15% of them (`--mlm_probability`). Every
+`save_steps` it writes a checkpoint that also holds the position in the data stream; rerunning the same command
+after a crash resumes from the newest complete checkpoint in `output_dir`, with the same losses as a run that never
+stopped (see spanish_moe_bert/resume.py). At the end, the model and tokenizer are saved to `output_dir` and
+exported as a Hub-ready folder.
 """
 
 import json
@@ -29,21 +30,13 @@ from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-from spanish_moe_bert.callbacks import (
-    DiskBudgetCallback,
-    StreamStateCallback,
-    directory_bytes,
-    is_complete,
-    last_complete_checkpoint,
-    read_stream_states,
-    remove_incomplete_checkpoints,
-)
+from spanish_moe_bert.callbacks import DiskBudgetCallback, MaskingRateCallback, directory_bytes
+from spanish_moe_bert.corpus import DEFAULT_DATASET, hub_documents
 from spanish_moe_bert.cpu import keep_freed_memory
 from spanish_moe_bert.data import (
+    MLM_PROBABILITY,
     MaskingCollator,
-    ResumableStream,
     first_example,
-    hub_documents,
     local_documents,
     masked_eval_set,
     shard_for_rank,
@@ -52,6 +45,7 @@ from spanish_moe_bert.data import (
     tokenize_stream,
 )
 from spanish_moe_bert.export import HubPushError, export_model
+from spanish_moe_bert.resume import ResumableStream, StreamStateCallback, resume_checkpoint
 from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, logits_to_predictions, mlm_metrics
 
 logger = logging.getLogger("run_mlm")
@@ -66,7 +60,10 @@ logger = logging.getLogger("run_mlm")
 class ModelArguments:
     model_config: str | None = field(
         default=None,
-        metadata={"help": "Model architecture JSON (configs/tiny.json, mini.json, large.json) for a model trained from scratch."},
+        metadata={
+            "help": "Model architecture JSON (configs/tiny.json, mini.json, large.json) for a model trained from "
+            "scratch."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -98,7 +95,7 @@ class ModelArguments:
 @dataclass
 class DataTrainingArguments:
     dataset_name: str = field(
-        default="erickfmm/red_pajama_es_hq_35",
+        default=DEFAULT_DATASET,
         metadata={"help": "Hub dataset to stream, used when no --train_file is given."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
@@ -120,14 +117,18 @@ class DataTrainingArguments:
         default=False,
         metadata={"help": "One example per document (truncated, padded) instead of packing documents into blocks."},
     )
-    mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of tokens masked for the MLM loss."})
+    mlm_probability: float = field(
+        default=MLM_PROBABILITY, metadata={"help": "Fraction of tokens masked for the MLM loss."}
+    )
     map_batch_size: int = field(default=1000, metadata={"help": "Documents tokenized (and packed) together."})
 
     def __post_init__(self):
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"--mlm_probability must be between 0 and 1, got {self.mlm_probability}")
         if not 0 <= self.validation_split_percentage < 100:
-            raise ValueError(f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}")
+            raise ValueError(
+                f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}"
+            )
         if self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
 
@@ -146,7 +147,8 @@ def precision_for(capability: tuple[int, int] | None) -> str:
 
 @dataclass
 class PretrainingArguments(TrainingArguments):
-    """TrainingArguments with pre-training defaults, a disk budget, precision by GPU generation, regional compilation."""
+    """TrainingArguments with pre-training defaults, a disk budget, precision by GPU generation and regional
+    compilation."""
 
     disk_budget_gb: float = field(
         default=300.0,
@@ -159,7 +161,9 @@ class PretrainingArguments(TrainingArguments):
             "fp32, fp16, bf16. --fp16 / --bf16 choose too."
         },
     )
-    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Where to log; TensorBoard by default."})
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Where to log; TensorBoard by default."}
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
 
     def __post_init__(self):
@@ -203,8 +207,8 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     if (model_args.model_config is None) == (model_args.model_name_or_path is None):
         raise ValueError("give exactly one of --model_config (train from scratch) and --model_name_or_path")
-    # The stream restores its own position on resume (see StreamStateCallback); the Trainer must not also skip
-    # batches. Our pipeline makes only the columns the collator needs, so none are dropped.
+    # The stream restores its own position on resume (see spanish_moe_bert/resume.py); the Trainer must not also
+    # skip batches. Our pipeline makes only the columns the collator needs, so none are dropped.
     training_args.ignore_data_skip = True
     training_args.remove_unused_columns = False
     return model_args, data_args, training_args
@@ -226,7 +230,7 @@ def load_documents(data_args: DataTrainingArguments):
     if data_args.validation_file:
         return documents, local_documents(data_args.validation_file, data_args.text_column)
     if data_args.validation_split_percentage > 0:
-        return split_by_document(documents, data_args.validation_split_percentage)
+        return split_by_document(documents, data_args.validation_split_percentage / 100)
     return documents, None
 
 
@@ -268,18 +272,6 @@ def saved_bytes(tokenizer) -> int:
         return directory_bytes(Path(directory))
 
 
-def resolve_checkpoint(training_args: TrainingArguments) -> Path | None:
-    """--resume_from_checkpoint if given, else the newest complete checkpoint in output_dir (if any)."""
-    if training_args.resume_from_checkpoint:
-        checkpoint = Path(training_args.resume_from_checkpoint)
-        if not is_complete(checkpoint):
-            raise ValueError(f"{checkpoint} is not a complete checkpoint written by run_mlm.py")
-        return checkpoint
-    if training_args.process_index == 0:
-        remove_incomplete_checkpoints(Path(training_args.output_dir))
-    return last_complete_checkpoint(Path(training_args.output_dir))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,13 +282,12 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     set_seed(training_args.seed)
     # Reading `device` sets up the process group of torchrun / accelerate launch; only then are rank and size known.
     logger.info(f"process {training_args.process_index} on {training_args.device}")
-    rank, world_size = training_args.process_index, training_args.world_size
 
     # Data: documents -> (held-out split) -> this rank's shard -> tokens -> blocks, all lazily streamed.
     train_documents, eval_documents = load_documents(data_args)
     tokenizer = load_tokenizer(model_args, training_args, train_documents)
     blocks = tokenize_stream(
-        shard_for_rank(train_documents, rank, world_size),
+        shard_for_rank(train_documents, training_args.process_index, training_args.world_size),
         tokenizer,
         data_args.max_seq_length,
         data_args.line_by_line,
@@ -314,14 +305,8 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     # Model, and resume: the newest complete checkpoint, and each rank's position in its stream.
     model = build_model(model_args, tokenizer)
     logger.info(f"model: {model.num_parameters():,} parameters, vocabulary {model.config.vocab_size}")
-    checkpoint = resolve_checkpoint(training_args)
+    checkpoint = resume_checkpoint(training_args, train_stream)
     if checkpoint is not None:
-        stream_states = read_stream_states(checkpoint)
-        if len(stream_states) != world_size:
-            raise ValueError(
-                f"{checkpoint} was written by {len(stream_states)} processes; resume it with as many, not {world_size}"
-            )
-        train_stream.load_state_dict(stream_states[rank])
         logger.info(f"resuming from {checkpoint}")
     elif model_args.model_name_or_path is None and model_args.output_prior_examples > 0:
         # From scratch, the output bias starts at the unigram prior, counted on the same (unsharded) blocks by
@@ -350,7 +335,10 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         data_collator=MaskingCollator.for_tokenizer(tokenizer, data_args.mlm_probability, pad_to),
         compute_metrics=mlm_metrics if eval_dataset is not None else None,
         preprocess_logits_for_metrics=logits_to_predictions if eval_dataset is not None else None,
-        callbacks=[StreamStateCallback(train_stream), disk_budget, *extra_callbacks],
+        callbacks=[
+            StreamStateCallback(train_stream), MaskingRateCallback(data_args.mlm_probability), disk_budget,
+            *extra_callbacks,
+        ],
     )
     try:
         train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -385,6 +373,7 @@ def export(training_args, data_args, metrics: dict, push_to_hub: bool) -> None:
             training_args.output_dir,
             eval_results=metrics,
             datasets=[] if data_args.train_file else [data_args.dataset_name],
+            mlm_probability=data_args.mlm_probability,
             push_to_hub=push_to_hub,
             hub_model_id=training_args.hub_model_id,
         )

@@ -3,67 +3,58 @@
 Pairs come from the Spanish corpus without labels (independent cropping, neighbouring paragraphs,
 heading -> body; see spanish_moe_bert/pairs.py), optionally plus a labelled JSONL file, each with a
 BM25-mined hard negative. Training uses SentenceTransformerTrainer with (Cached)MultipleNegativesRankingLoss;
-the MoE router losses (load balancing + z-loss) are added to it so the experts stay balanced. The
-dev-set documents (data/retrieval_dev) are excluded from the pairs, and the model is evaluated on them
-before and after training, next to BM25 and all-MiniLM-L6-v2.
+the MoE router losses (load balancing + z-loss) are added to it so the experts stay balanced
+(spanish_moe_bert/router_loss.py). The dev-set documents (data/retrieval_dev) are excluded from the pairs,
+and the model is evaluated on them before and after training, next to BM25 and all-MiniLM-L6-v2.
 
     python train_sentence_embeddings.py --model_name_or_path outputs/mini --output_dir outputs/mini-embed \
         --train_files ../shared/data/es_corpus.jsonl.gz --max_steps 300
+
+Every model it loads is a local folder; without network, set HF_HUB_OFFLINE=1 (scripts/test.sh and
+scripts/quickstart.sh do) so that the libraries do not try the Hub first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer import losses
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+from torch import nn
+from transformers import HfArgumentParser
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: E402
-from sentence_transformers.sentence_transformer import losses  # noqa: E402
-from sentence_transformers.sentence_transformer.modules import Pooling, Transformer  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
-
-from modeling_spanish_moe_bert import router_loss  # noqa: E402
-
-from spanish_moe_bert.corpus import iter_corpus  # noqa: E402
-from spanish_moe_bert.pairs import (  # noqa: E402
+from spanish_moe_bert.corpus import iter_corpus
+from spanish_moe_bert.export import SentenceStage, card_datasets, export_model
+from spanish_moe_bert.pairs import (
     HeldOutParagraphs,
     PairConfig,
     build_pairs,
     mine_bm25_negatives,
     read_labelled_pairs,
 )
-from spanish_moe_bert.retrieval_eval import (  # noqa: E402
+from spanish_moe_bert.retrieval_eval import (
     DATASET_NAME,
     DEV_DIR,
-    BM25System,
     EmbeddingSystem,
     compare,
+    default_systems,
     eval_results_for_card,
     evaluate_system,
     load_retrieval,
-    load_sentence_transformer,
     markdown_table,
-    minilm_path,
 )
+from spanish_moe_bert.router_loss import RouterLossWrapper
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent
-SIMILARITY_WIDGET = {
-    "source_sentence": "¿Cómo inserto una tabla en el documento?",
-    "sentences": [
-        "Para insertar una tabla, abra el menú Insertar y pulse Tabla.",
-        "Seleccione las celdas que desea ordenar y elija Datos - Ordenar.",
-        "Y dijo Dios: Sea la luz; y fué la luz.",
-    ],
-}
+AFTER = "ours after (contrastive)"
 
 
 @dataclass
@@ -78,21 +69,30 @@ class EmbeddingArguments:
         default_factory=lambda: ["crop", "neighbours", "heading"],
         metadata={"help": "Unsupervised pair builders: crop, neighbours, heading."},
     )
-    labelled_pairs: str | None = field(default=None, metadata={"help": 'Extra JSONL {"anchor","positive"[,"negative"]}.'})
+    labelled_pairs: str | None = field(
+        default=None, metadata={"help": 'Extra JSONL {"anchor","positive"[,"negative"]}.'}
+    )
     max_pairs: int | None = field(default=None, metadata={"help": "Train on at most this many pairs."})
     hard_negatives: bool = field(default=True, metadata={"help": "Mine one BM25 hard negative per pair."})
-    pooling: str = field(default="mean", metadata={"help": "cls, mean, or auto (the better on the dev set before training)."})
+    pooling: str = field(
+        default="mean", metadata={"help": "cls, mean, or auto (the better on the dev set before training)."}
+    )
     max_seq_length: int = field(default=128)
     loss: str = field(default="cached_mnrl", metadata={"help": "cached_mnrl (GradCache, large batches) or mnrl."})
     mini_batch_size: int = field(default=16, metadata={"help": "GradCache mini-batch: bounds memory, not the batch."})
     scale: float = field(default=20.0, metadata={"help": "Inverse temperature of the in-batch softmax."})
     router_loss_weight: float = field(
-        default=1.0, metadata={"help": "Multiplies the config's router_aux_loss_coef / router_z_loss_coef; 0 turns them off."}
+        default=1.0,
+        metadata={"help": "Multiplies the config's router_aux_loss_coef / router_z_loss_coef; 0 turns them off."},
     )
     matryoshka_dims: list[int] | None = field(default=None, metadata={"help": "e.g. 256 128 64: MatryoshkaLoss."})
-    query_prompt: str | None = field(default=None, metadata={"help": "Prompt 'query' in config_sentence_transformers.json."})
+    query_prompt: str | None = field(
+        default=None, metadata={"help": "Prompt 'query' in config_sentence_transformers.json."}
+    )
     passage_prompt: str | None = field(default=None, metadata={"help": "Prompt 'document'."})
-    dev_dir: str = field(default=str(DEV_DIR), metadata={"help": "Dev set: queries.jsonl, corpus.jsonl, heldout_paragraphs.txt."})
+    dev_dir: str = field(
+        default=str(DEV_DIR), metadata={"help": "Dev set: queries.jsonl, corpus.jsonl, heldout_paragraphs.txt."}
+    )
     eval_baselines: bool = field(default=True, metadata={"help": "Also evaluate BM25 and all-MiniLM-L6-v2."})
 
     def __post_init__(self):
@@ -101,7 +101,9 @@ class EmbeddingArguments:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not Path(self.model_name_or_path, "config.json").is_file():
-            raise FileNotFoundError(f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)")
+            raise FileNotFoundError(
+                f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +119,9 @@ def load_pairs(args: EmbeddingArguments, seed: int) -> Dataset:
         pairs = read_labelled_pairs(args.labelled_pairs) + pairs
     pairs = pairs[: args.max_pairs]
     if len(pairs) < 2:
-        raise ValueError(f"only {len(pairs)} training pairs from {args.train_files}: documents too short or all held out")
+        raise ValueError(
+            f"only {len(pairs)} training pairs from {args.train_files}: documents too short or all held out"
+        )
     if args.hard_negatives:  # labelled pairs that come with a negative keep it
         pairs = mine_bm25_negatives(pairs, seed=seed)
     columns = ["anchor", "positive"] + (["negative"] if args.hard_negatives else [])
@@ -158,81 +162,6 @@ def choose_pooling(args: EmbeddingArguments, dev) -> tuple[SentenceTransformer, 
     return models[best], best, scores
 
 
-def uses_gradient_cache(loss: nn.Module) -> bool:
-    """Whether a loss (or the loss it wraps, e.g. inside MatryoshkaLoss) embeds with GradCache."""
-    while loss is not None:
-        if getattr(loss, "uses_gradient_cache", False):
-            return True
-        loss = getattr(loss, "loss", None)
-    return False
-
-
-class RouterLossWrapper(nn.Module):
-    """A contrastive loss plus the MoE router losses (load balancing, z-loss) of the encoder's forwards.
-
-    Sentence Transformers calls the encoder's ``forward`` directly, past module hooks, so forward hooks
-    on its sparse-MoE layers collect each layer's router statistics instead. Each is weighted by
-    1/num_layers (the encoder's ``aux_loss`` is the layer mean) and by its forward's share of the batch's
-    sentences (anchors, positives and negatives are separate forwards), so the added term is
-    ``router_loss(config, outputs)`` of the whole batch. The two parts are returned as a dict, which
-    SentenceTransformerTrainer sums and logs separately.
-
-    With a GradCache loss the forwards that carry gradients run inside the backward pass, mini-batch
-    by mini-batch, so there each router loss is back-propagated on the spot, scaled like the
-    contrastive loss (e.g. by gradient accumulation); the no-grad first pass gives the logged value.
-    """
-
-    def __init__(self, loss: nn.Module, model: SentenceTransformer, weight: float = 1.0):
-        super().__init__()
-        self.loss = loss
-        self.model = model
-        encoder = model[0].model
-        self.config = encoder.config
-        self.weight = weight
-        self.cached = uses_gradient_cache(loss)
-        # The class comes from the checkpoint's remote code, so match it by name, not isinstance.
-        moe_layers = [m for m in encoder.modules() if type(m).__name__ == "SpanishMoEBertSparseMoE"]
-        if not moe_layers:
-            logger.warning("the encoder has no sparse MoE layer: no router losses to add")
-        self._num_layers = max(len(moe_layers), 1)
-        self._hooks = [m.register_forward_hook(self._on_moe_forward) for m in moe_layers]
-        self._terms: list[torch.Tensor] = []
-        self._batch_rows = 1
-        self._grad_scale = torch.tensor(1.0)
-
-    def remove_hooks(self) -> None:
-        """Stop collecting router losses (for a model that outlives this loss)."""
-        for hook in self._hooks:
-            hook.remove()
-
-    def _on_moe_forward(self, module, inputs, output):
-        if not module.training:
-            return
-        hidden_states, (_, stats) = inputs[0], output
-        share = hidden_states.shape[0] / self._batch_rows / self._num_layers
-        loss = self.weight * share * router_loss(self.config, stats)
-        if self.cached and torch.is_grad_enabled():  # GradCache replay, inside backward
-            (loss * self._grad_scale).backward(retain_graph=True)
-        else:
-            self._terms.append(loss)
-
-    def _remember_grad_scale(self, grad: torch.Tensor) -> None:
-        self._grad_scale = grad.detach()
-
-    def forward(self, sentence_features, labels) -> dict[str, torch.Tensor]:
-        sentence_features = list(sentence_features)
-        self._batch_rows = sum(f["input_ids"].shape[0] for f in sentence_features)
-        self._terms = []
-        contrastive = self.loss(sentence_features, labels)
-        router = sum(self._terms, torch.zeros((), device=contrastive.device))
-        if self.cached and contrastive.requires_grad:
-            # A new node whose gradient arrives before GradCache's replay hook on `contrastive` runs.
-            contrastive = contrastive.clone()
-            contrastive.register_hook(self._remember_grad_scale)
-            router = router.detach()
-        return {"contrastive": contrastive, "router": router}
-
-
 def build_loss(args: EmbeddingArguments, model: SentenceTransformer) -> nn.Module:
     if args.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(model, scale=args.scale, mini_batch_size=args.mini_batch_size)
@@ -250,28 +179,25 @@ def build_loss(args: EmbeddingArguments, model: SentenceTransformer) -> nn.Modul
 
 
 def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArguments) -> dict:
-    """Train, save, evaluate; returns {system: metrics} for before/after/BM25/MiniLM."""
+    """Train, evaluate, export; returns {system: metrics} for before/after/BM25/MiniLM."""
     dev = load_retrieval(Path(args.dev_dir) / "queries.jsonl", Path(args.dev_dir) / "corpus.jsonl")
     train_dataset = load_pairs(args, training_args.seed)
     model, pooling, before = choose_pooling(args, dev)
-    logger.info("pooling %s (dev nDCG@10 before training: %s)", pooling, {p: round(m["ndcg@10"], 4) for p, m in before.items()})
+    before_ndcg = {p: round(m["ndcg@10"], 4) for p, m in before.items()}
+    logger.info("pooling %s (dev nDCG@10 before training: %s)", pooling, before_ndcg)
 
     trainer = SentenceTransformerTrainer(
         model=model, args=training_args, train_dataset=train_dataset, loss=build_loss(args, model)
     )
     trainer.train()
 
-    output_dir = Path(training_args.output_dir)
-    trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # the card's loss curve and steps
-    export_embedding_model(model, args, pooling, output_dir, len(train_dataset))
-
     results = {f"ours before ({pooling} pooling, MLM only)": before[pooling]}
-    systems = [EmbeddingSystem(load_sentence_transformer(output_dir), "ours after (contrastive)")]
-    if args.eval_baselines:
-        systems += [BM25System(), EmbeddingSystem(load_sentence_transformer(minilm_path()), "all-MiniLM-L6-v2")]
-    results.update(compare(systems, dev))
+    results.update(compare(default_systems({AFTER: model}, baselines=args.eval_baselines), dev))
     table = markdown_table(results, reference="BM25 (bm25s)" if args.eval_baselines else None)
-    add_results_to_card(output_dir, results["ours after (contrastive)"], table)
+    output_dir = Path(training_args.output_dir)
+    export_embedding_model(
+        model, args, pooling, output_dir, dataclasses.asdict(trainer.state), len(train_dataset), results[AFTER], table
+    )
     (output_dir / "embedding_eval.json").write_text(
         json.dumps({"pooling": pooling, "pooling_candidates": before, "results": results}, indent=2) + "\n"
     )
@@ -280,58 +206,40 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
 
 
 # ---------------------------------------------------------------------------------------------
-# Output: the same Hub folder as the MLM export, plus what this stage adds
+# Output: the MLM export's Hub folder, with what this stage adds
 
 
 def export_embedding_model(
-    model: SentenceTransformer, args: EmbeddingArguments, pooling: str, output_dir: Path, num_pairs: int
-) -> None:
-    """Save the trained encoder under the checkpoint's MLM head and export it like run_mlm.py does.
-
-    The MLM head is the pre-trained one (this stage does not train it), so the folder still loads as
-    every Auto class; then the prompts and training sequence length go into the Sentence Transformers files.
-    The card keeps the pre-training data named by the checkpoint's own card.
-    """
-    from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-    from spanish_moe_bert.export import card_datasets, export_model
-
-    mlm = SpanishMoEBertForMaskedLM.from_pretrained(args.model_name_or_path)
-    mlm.model.load_state_dict(model[0].model.state_dict())
-    mlm.save_pretrained(output_dir)
-    model.tokenizer.save_pretrained(output_dir)
+    model: SentenceTransformer,
+    args: EmbeddingArguments,
+    pooling: str,
+    output_dir: Path,
+    trainer_state: dict,
+    num_pairs: int,
+    metrics: dict[str, float],
+    table: str,
+) -> Path:
+    """Export the trained model once, all or nothing, as run_mlm.py exports: the card keeps the pre-training data
+    named by the checkpoint's own card, and adds this stage's training and dev-set retrieval `metrics`."""
+    stage = SentenceStage(
+        encoder=model[0].model,
+        prompts=model.prompts,
+        max_seq_length=args.max_seq_length,
+        description=(
+            f"Then a contrastive stage with Sentence Transformers (`train_sentence_embeddings.py`): {num_pairs:,} "
+            "unsupervised pairs from Spanish documents (independent crops, neighbouring paragraphs, heading → body), "
+            "BM25-mined hard negatives, the router losses kept on. The MLM head was not trained in this stage. "
+            "The loss curve and the table below are this stage's."
+        ),
+        trainer_state=trainer_state,
+        results=(
+            f"Retrieval on held-out Spanish documents ({DATASET_NAME}), before and after the contrastive stage "
+            f"(see Training):\n\n{table}"
+        ),
+        eval_results=eval_results_for_card(metrics),
+    )
     datasets = card_datasets(args.model_name_or_path) or []
-    stage = (
-        f"Then a contrastive stage with Sentence Transformers (`train_sentence_embeddings.py`): {num_pairs:,} "
-        "unsupervised pairs from Spanish documents (independent crops, neighbouring paragraphs, heading → body), "
-        "BM25-mined hard negatives, the router losses kept on. The MLM head was not trained in this stage. "
-        "The loss curve and the table below are this stage's."
-    )
-    export_model(output_dir, pooling=pooling, datasets=datasets, sentence_stage=stage)
-    settings = output_dir / "config_sentence_transformers.json"
-    st_config = json.loads(settings.read_text())
-    st_config["prompts"] = model.prompts
-    settings.write_text(json.dumps(st_config, indent=2) + "\n")
-    bert_config = output_dir / "sentence_bert_config.json"
-    bert_config.write_text(json.dumps({**json.loads(bert_config.read_text()), "max_seq_length": args.max_seq_length}, indent=2) + "\n")
-
-
-def add_results_to_card(folder: Path, metrics: dict[str, float], table: str) -> None:
-    """The dev-set retrieval metrics into the card's model-index, and the comparison as a section."""
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.load(folder / "README.md")
-    card.data.eval_results = (card.data.eval_results or []) + eval_results_for_card(metrics)
-    # What this folder is now for; the MLM head's fill-mask widget would show a head this stage left behind.
-    card.data.pipeline_tag = "sentence-similarity"
-    card.data.widget = [SIMILARITY_WIDGET]
-    section = (
-        "## Sentence embeddings: contrastive stage\n\n"
-        f"Retrieval on held-out Spanish documents ({DATASET_NAME}), before and after the contrastive stage "
-        f"(see Training):\n\n{table}\n\n"
-    )
-    marker = "## Architecture"
-    card.text = card.text.replace(marker, section + marker, 1) if marker in card.text else card.text + "\n" + section
-    card.save(folder / "README.md")
+    return export_model(args.model_name_or_path, output_dir, pooling=pooling, datasets=datasets, sentence_stage=stage)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -63,7 +63,9 @@ def main():
     parser.add_argument("--eval_every", type=int)
     parser.add_argument("--eval_batches", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else ../shared's when present)")
+    parser.add_argument(
+        "--corpus", type=Path, help="text corpus (default: bundled in --quick, else ../shared's when present)"
+    )
     parser.add_argument("--output", help="results JSON (default benchmarks/results/bench_ablations[_quick].json)")
     args = parser.parse_args()
     config_name, seq_len, batch_size, steps, eval_every = MODES["quick" if args.quick else "full"]
@@ -89,19 +91,22 @@ def main():
     base = results[next(iter(VARIANTS))]["final"]
     print(f"\nAblations: {Path(config_path).name} base, {steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens "
           f"per variant, {len(batches)} distinct batches of {corpus.name}; {harness.machine_line()}\n")  # fmt: skip
-    print("| group | variant | total params | active params | held-out loss | vs default | masked acc | train tokens/s |")
+    print("| group | variant | total params | active params | held-out loss | vs default | masked acc "
+          "| train tokens/s |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         f = r["final"]
-        print(f"| {VARIANTS[name][0]} | {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
-              f"{f['eval_loss']:.3f} | {100 * (f['eval_loss'] / base['eval_loss'] - 1):+.1f}% | "
+        print(f"| {VARIANTS[name][0]} | {name} | {r['total_parameters'] / 1e6:.2f}M | "
+              f"{r['active_parameters'] / 1e6:.2f}M | {f['eval_loss']:.3f} | "
+              f"{100 * (f['eval_loss'] / base['eval_loss'] - 1):+.1f}% | "
               f"{f['eval_accuracy']:.3f} | {r['tokens_per_second']:,.0f} |")  # fmt: skip
 
     output = Path(args.output or harness.RESULTS / f"bench_ablations{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
-        "benchmark": "bench_ablations", "quick": args.quick, "model_config": Path(config_path).name, "corpus": corpus.name,
-        "distinct_training_batches": len(batches), "seq_len": seq_len, "batch_size": batch_size, "steps": steps, "tokens_per_variant": tokens, "lr": args.lr,
+        "benchmark": "bench_ablations", "quick": args.quick, "model_config": Path(config_path).name,
+        "corpus": corpus.name, "distinct_training_batches": len(batches), "seq_len": seq_len,
+        "batch_size": batch_size, "steps": steps, "tokens_per_variant": tokens, "lr": args.lr,
         "variants": {name: {"group": g, "overrides": o} for name, (g, o) in VARIANTS.items()},
         "machine": harness.machine(), "results": results,
     }, indent=2) + "\n")  # fmt: skip

@@ -17,9 +17,9 @@ batches: our MoE already skips padding tokens in the experts; transformers v5's 
 unpads (its varlen path needs flash-attention on a GPU), so on CPU it attends over padding like BERT does.
 
 Timing interleaves the models batch by batch (each batch through every model in turn) and reports the median
-over rounds of the summed batch times. Peak memory is measured in a fresh process per model: resident-set size (psutil RSS,
-sampled every millisecond by a thread) while the batches run, minus the RSS just before (weights and inputs
-already loaded): the activation memory of inference, as the OS sees it. tracemalloc would miss torch's
+over rounds of the summed batch times. Peak memory is measured in a fresh process per model: resident-set size
+(psutil RSS, sampled every millisecond by a thread) while the batches run, minus the RSS just before (weights and
+inputs already loaded): the activation memory of inference, as the OS sees it. tracemalloc would miss torch's
 allocations, which do not go through Python's allocator.
 
     python benchmarks/bench_encoder.py --quick   # mini config, 4 batches
@@ -61,7 +61,7 @@ MODES = {  # config, layers (None: as in the file), batches, rounds
 def contender_configs(config, tokenizer) -> dict:
     return {
         "moe": config,
-        "dense twin": harness.dense_twin(config),
+        "dense twin": config.dense_twin(),
         "modernbert": harness.modernbert_config(config, tokenizer),
         "bert": harness.bert_config(config, tokenizer),
         # Diagnostic: our MoE with MHA in every layer, to show what the MLA/GQA layers cost here.
@@ -100,7 +100,8 @@ class OnnxRuntimeEncoder:
         self.session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, ["CPUExecutionProvider"])
 
     def __call__(self, input_ids, attention_mask):
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        feeds["token_type_ids"] = torch.zeros_like(input_ids)
         return self.session.run(None, {name: feeds[name].numpy() for name in INPUT_NAMES})
 
 
@@ -184,7 +185,7 @@ def main():
 
     configs = {name: c.to_dict() for name, c in contender_configs(config, tokenizer).items()}
     models = {name: build(c) for name, c in configs.items()}
-    params = {name: (sum(p.numel() for p in m.parameters()), harness.active_parameters(m)) for name, m in models.items()}
+    params = {name: (m.num_parameters(), harness.active_parameters(m)) for name, m in models.items()}
     onnx_dir = tempfile.TemporaryDirectory()
     models["moe, torch.compile"] = torch.compile(models["moe"])
     models["moe, onnxruntime"] = OnnxRuntimeEncoder(models["moe"], Path(onnx_dir.name))
@@ -225,22 +226,25 @@ def main():
              f"paragraphs, {real_tokens:,} real tokens ({padded_tokens:,} with padding); median of {rounds} "
              f"interleaved rounds; {harness.machine_line()}")  # fmt: skip
     print(f"\n{title}\n")
-    print("| model | total params | active params | tokens/s | vs ModernBERT | vs moe (eager) | peak RSS increase (range) "
-          "| vs ModernBERT |\n|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    print("| model | total params | active params | tokens/s | vs ModernBERT | vs moe (eager) "
+          "| peak RSS increase (range) | vs ModernBERT |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         memory = "n/a | n/a"
         if "peak_rss_increase_mb" in r:
             runs = r["peak_rss_increase_mb_runs"]
-            memory = f"{r['peak_rss_increase_mb']:.0f} MB ({min(runs):.0f}-{max(runs):.0f}) | {r['memory_vs_modernbert']:.2f}x"
+            memory = (f"{r['peak_rss_increase_mb']:.0f} MB ({min(runs):.0f}-{max(runs):.0f}) | "
+                      f"{r['memory_vs_modernbert']:.2f}x")
         print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
-              f"{r['tokens_per_second']:,.0f} | {r['speed_vs_modernbert']:.2f}x | {r['speed_vs_moe_eager']:.2f}x | {memory} |")  # fmt: skip
+              f"{r['tokens_per_second']:,.0f} | {r['speed_vs_modernbert']:.2f}x | {r['speed_vs_moe_eager']:.2f}x | "
+              f"{memory} |")
 
     output = harness.RESULTS / f"bench_encoder{'_quick' if args.quick else ''}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
         "benchmark": "bench_encoder", "quick": args.quick, "model_config": Path(config_path).name, "shape": shape,
         "batch_size": args.batch_size, "batches": num_batches, "rounds": rounds, "real_tokens": real_tokens,
-        "padded_tokens": padded_tokens, "memory": "median over fresh processes of peak psutil RSS minus RSS before the batches, "
+        "padded_tokens": padded_tokens,
+        "memory": "median over fresh processes of peak psutil RSS minus RSS before the batches, "
         "MALLOC_MMAP_THRESHOLD_=131072",
         "machine": harness.machine(), "results": results,
     }, indent=2) + "\n")  # fmt: skip

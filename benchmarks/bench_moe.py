@@ -115,7 +115,8 @@ def run_once(model: nn.Module, x: torch.Tensor, backward: bool) -> float:
 def bench(tokens: int, hidden: int, dtype: torch.dtype, backward: bool, rounds: int, models: dict[str, nn.Module]):
     x = torch.randn(1, tokens, hidden)
     times = {name: [] for name in models}
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else torch.autocast("cpu", enabled=False)
+    bf16 = dtype == torch.bfloat16
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
     # Qwen3's batched_mm allocates gigabytes per call, which slows whatever runs next: it gets rounds of its own.
     groups = [[n for n in models if "batched_mm" not in n], [n for n in models if "batched_mm" in n]]
     with ctx:
@@ -134,8 +135,12 @@ def main():
     parser.add_argument("--quick", action="store_true", help="4096 tokens, fewer rounds")
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
-                        help="keep freed memory for reuse, as run_mlm.py does on CPUs (default), or glibc's default")  # fmt: skip
+    parser.add_argument(
+        "--allocator",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep freed memory for reuse, as run_mlm.py does on CPUs (default), or glibc's default",
+    )
     args = parser.parse_args()
     if args.allocator == "keep":
         keep_freed_memory()
@@ -160,8 +165,11 @@ def main():
                 print(f"done: {tokens} tokens {dtype} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr)
 
     header = "| tokens | dtype | pass | contender | ms | × dense |\n|---:|---|---|---|---:|---:|"
-    lines = [f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows]
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    lines = [
+        f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows
+    ]
+    processor = platform.processor() or platform.machine()
+    machine = (f"{processor}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                f"allocator {args.allocator}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"MoE layer: hidden {config.hidden_size}, {config.num_experts} experts × {config.moe_intermediate_size}, "
           f"top-{config.num_experts_per_tok}; {machine}\n")  # fmt: skip

@@ -7,7 +7,7 @@ Contenders, all at the shapes of one of our configs (hidden size, layers, heads,
   modernbert   transformers' ModernBertForMaskedLM, GLU width = our active FFN width
   bert         transformers' BertForMaskedLM, MLP width 1.5x (same active FFN parameters)
 
-Same tokenizer (8k unigram on the benchmark's corpus), same pre-masked batches in the same order, same sequence
+Same tokenizer (8k BPE on the benchmark's corpus), same pre-masked batches in the same order, same sequence
 length, tokens seen, AdamW settings, warmup/decay schedule and clipping, one shared loop (harness.py) that
 trains the models one step each in turn so machine noise hits all alike. The held-out set is
 every 20th paragraph, masked once.
@@ -41,7 +41,7 @@ MODES = {  # config, seq_len, batch, steps, eval_every
 def contenders(config, tokenizer) -> dict:
     return {
         "moe": lambda: SpanishMoEBertForMaskedLM(config),
-        "dense twin": lambda: SpanishMoEBertForMaskedLM(harness.dense_twin(config)),
+        "dense twin": lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
         "modernbert": lambda: ModernBertForMaskedLM(harness.modernbert_config(config, tokenizer)),
         "bert": lambda: BertForMaskedLM(harness.bert_config(config, tokenizer)),
     }
@@ -88,9 +88,13 @@ def main():
     parser.add_argument("--eval_every", type=int)
     parser.add_argument("--eval_batches", type=int, default=8, help="held-out batches per evaluation")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else ../shared's when present)")
+    parser.add_argument(
+        "--corpus", type=Path, help="text corpus (default: bundled in --quick, else ../shared's when present)"
+    )
     parser.add_argument("--norm_type", choices=["dyt", "layernorm", "rmsnorm"], help="override our models' norm_type")
-    parser.add_argument("--output", help="results path without extension (default benchmarks/results/bench_quality[_quick])")
+    parser.add_argument(
+        "--output", help="results path without extension (default benchmarks/results/bench_quality[_quick])"
+    )
     args = parser.parse_args()
     config_name, seq_len, batch_size, steps, eval_every = MODES["quick" if args.quick else "full"]
     config_path = args.model_config or harness.REPO / "configs" / config_name
@@ -108,18 +112,19 @@ def main():
     )
 
     tokens = steps * batch_size * seq_len
-    title = (f"Quality at equal compute: {Path(config_path).name} shapes (ours with {config.norm_type}), {steps} steps x {batch_size} x {seq_len} "
-             f"= {tokens:,} tokens per model, {len(batches)} distinct batches of {corpus.name}; {harness.machine_line()}")  # fmt: skip
+    title = (f"Quality at equal compute: {Path(config_path).name} shapes (ours with {config.norm_type}), "
+             f"{steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens per model, {len(batches)} distinct "
+             f"batches of {corpus.name}; {harness.machine_line()}")  # fmt: skip
     print(f"\n{title}\n")
     print_table(results)
     output = Path(args.output or harness.RESULTS / f"bench_quality{'_quick' if args.quick else ''}")
     output.parent.mkdir(parents=True, exist_ok=True)
     plot(results, title, output.with_suffix(".png"))
     output.with_suffix(".json").write_text(json.dumps({
-        "benchmark": "bench_quality", "quick": args.quick, "model_config": Path(config_path).name, "corpus": corpus.name,
-        "norm_type": config.norm_type, "seq_len": seq_len, "batch_size": batch_size, "steps": steps,
-        "tokens_per_model": tokens,
-        "distinct_training_batches": len(batches), "eval_masked_batches": len(eval_batches), "lr": args.lr,
+        "benchmark": "bench_quality", "quick": args.quick, "model_config": Path(config_path).name,
+        "corpus": corpus.name, "norm_type": config.norm_type, "seq_len": seq_len, "batch_size": batch_size,
+        "steps": steps, "tokens_per_model": tokens, "distinct_training_batches": len(batches),
+        "eval_masked_batches": len(eval_batches), "lr": args.lr,
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, linear decay, clip 1.0",
         "machine": harness.machine(), "results": results,
     }, indent=2) + "\n")  # fmt: skip

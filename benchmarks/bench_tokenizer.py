@@ -18,7 +18,6 @@ benchmarks/results/tokenizer.json (``--quick``: smaller corpus and vocabulary, t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -31,25 +30,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import tokenizers  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from spanish_moe_bert.corpus import iter_texts  # noqa: E402
+from spanish_moe_bert.corpus import is_held_out, iter_texts  # noqa: E402
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer, SpanishSPMTokenizerSlow  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "es_corpus.jsonl.gz"
 RESULTS = REPO / "benchmarks" / "results"
-HELD_OUT_PERCENT = 10
+HELD_OUT_FRACTION = 0.1
 TARGET_SPEEDUP, TARGET_FERTILITY = 5.0, 1.3
-
-
-def is_held_out(text: str) -> bool:
-    """Stable across runs and machines (unlike hash()): the first 8 bytes of BLAKE2b of the text."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % 100 < HELD_OUT_PERCENT
 
 
 def paragraphs_of(documents: list[str]) -> list[str]:
@@ -116,8 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     output = args.output or RESULTS / ("tokenizer_quick.json" if args.quick else "tokenizer.json")
 
     documents = list(iter_texts(args.corpus, max_documents=1000 if args.quick else None))
-    train_docs = [d for d in documents if not is_held_out(d)]
-    held_out = paragraphs_of([d for d in documents if is_held_out(d)])
+    train_docs = [d for d in documents if not is_held_out(d, HELD_OUT_FRACTION)]
+    held_out = paragraphs_of([d for d in documents if is_held_out(d, HELD_OUT_FRACTION)])
     speed_texts = paragraphs_of(documents)[: 5000 if args.quick else None]
 
     start = time.perf_counter()

@@ -22,34 +22,17 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
-from spanish_moe_bert.corpus import iter_texts  # noqa: E402
 from spanish_moe_bert.data import MaskingCollator, local_documents, tokenize_stream  # noqa: E402
-from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
-
-
-def dense_twin(config: SpanishMoEBertConfig) -> SpanishMoEBertConfig:
-    """Same model with every sparse layer dense, of the width of the experts active per token."""
-    twin = SpanishMoEBertConfig.from_dict(config.to_dict())
-    twin.mlp_layer_types = ["dense"] * config.num_hidden_layers
-    twin.intermediate_size = config.num_experts_per_tok * config.moe_intermediate_size
-    return twin
-
-
-def active_parameters(model: SpanishMoEBertForMaskedLM) -> int:
-    """Parameters a token passes through: all, minus the experts it is not routed to (SwiGLU: 3 matrices)."""
-    config = model.config
-    sparse_layers = sum(kind == "sparse" for kind in config.mlp_layer_types)
-    idle_experts = config.num_experts - config.num_experts_per_tok
-    return model.num_parameters() - sparse_layers * idle_experts * 3 * config.hidden_size * config.moe_intermediate_size
 
 
 def training_batches(tokenizer, seq_len: int, batch_size: int, count: int) -> list[dict]:
-    blocks = tokenize_stream(local_documents([REPO / "data" / "es_corpus_sample.txt"]), tokenizer, seq_len)
+    blocks = tokenize_stream(local_documents([harness.CORPUS]), tokenizer, seq_len)
     collate = MaskingCollator.for_tokenizer(tokenizer, mlm_probability=0.15)
     examples = list(islice(blocks, batch_size * count))
     return [collate(examples[i * batch_size : (i + 1) * batch_size]) for i in range(count)]
@@ -68,7 +51,7 @@ def train_steps(model, optimizer, batches) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_config", default=str(REPO / "configs" / "mini.json"))
+    parser.add_argument("--model_config", default=str(harness.REPO / "configs" / "mini.json"))
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model per round")
@@ -81,13 +64,13 @@ def main():
         args.batch_size, args.steps, args.rounds, args.warmup = 4, 2, 2, 1
 
     torch.manual_seed(0)
-    tokenizer = SpanishSPMTokenizer.train_new(iter_texts(REPO / "data" / "es_corpus_sample.txt"), vocab_size=8000)
+    tokenizer = harness.train_tokenizer(8000)
     config = SpanishMoEBertConfig.from_json_file(args.model_config)
     config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
     batches = training_batches(tokenizer, args.seq_len, args.batch_size, args.warmup + args.steps)
 
     runs = {}
-    for name, model_config in (("moe", config), ("dense twin", dense_twin(config))):
+    for name, model_config in (("moe", config), ("dense twin", config.dense_twin())):
         model = SpanishMoEBertForMaskedLM(model_config).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         train_steps(model, optimizer, batches[: args.warmup])
@@ -101,7 +84,7 @@ def main():
     results = {
         name: {
             "total_parameters": run["model"].num_parameters(),
-            "active_parameters": active_parameters(run["model"]),
+            "active_parameters": run["model"].num_active_parameters(),
             "tokens_per_second": tokens_per_round / statistics.median(run["round_seconds"]),
             "round_seconds": run["round_seconds"],
         }
@@ -119,13 +102,13 @@ def main():
         print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
               f"{r['tokens_per_second']:,.0f} | {r['relative_to_dense']:.2f}x |")  # fmt: skip
 
-    output = Path(args.output or REPO / "benchmarks" / "results" / f"bench_train{'_quick' if args.quick else ''}.json")
+    output = Path(args.output or harness.RESULTS / f"bench_train{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
         "benchmark": "bench_train", "model_config": Path(args.model_config).name, "quick": args.quick,
         "device": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "seq_len": args.seq_len, "batch_size": args.batch_size,
-        "rounds": args.rounds, "steps_per_round": args.steps, "results": results,
+        "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "seq_len": args.seq_len,
+        "batch_size": args.batch_size, "rounds": args.rounds, "steps_per_round": args.steps, "results": results,
     }, indent=2) + "\n")  # fmt: skip
     print(f"\nwrote {output}")
 

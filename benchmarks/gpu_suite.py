@@ -19,7 +19,6 @@ CUDA versions, and prints a markdown table:
 import argparse
 import copy
 import json
-import os
 import platform
 import signal
 import statistics
@@ -29,16 +28,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import modeling_spanish_moe_bert as modeling  # noqa: E402
 from bench_moe import NaiveLoopMoE, qwen3_block  # noqa: E402
+from harness import active_parameters  # noqa: E402
+
+import modeling_spanish_moe_bert as modeling  # noqa: E402
 from configuration_spanish_moe_bert import MOE_IMPLEMENTATIONS, SpanishMoEBertConfig  # noqa: E402
-from harness import active_parameters, dense_twin  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM, SpanishMoEBertMLP, SpanishMoEBertSparseMoE  # noqa: E402
 
 PARTS = ("correctness", "moe", "model", "run_mlm")
@@ -54,12 +53,17 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}  # 
 
 
 def environment(device: torch.device) -> dict:
-    info = {"device": platform.processor() or platform.machine(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info |= {"device": props.name, "capability": list(torch.cuda.get_device_capability(device)),
-                 "memory_gib": round(props.total_memory / 2**30, 1), "multiprocessors": props.multi_processor_count}  # fmt: skip
-    return info
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    if device.type != "cuda":
+        return {"device": platform.processor() or platform.machine(), **info}
+    props = torch.cuda.get_device_properties(device)
+    return {
+        "device": props.name,
+        "capability": list(torch.cuda.get_device_capability(device)),
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        **info,
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -144,10 +148,13 @@ def check_moe_paths(device: torch.device, smoke: bool) -> list[dict]:
             grads = torch.autograd.grad(out.float().square().sum(), [xd, *moe.parameters()])
             names = ["output", "grad input", *[f"grad {n}" for n, _ in moe.named_parameters()]]
             for name, got, want in zip(names, [out, *grads], [ref, *ref_grads]):
-                error = relative_error(got, want)
-                rows.append({"check": f"MoE {path}: {name}", "dtype": str(dtype).removeprefix("torch."),
-                             "error": error, "tolerance": TOLERANCE[dtype], "passed": error <= TOLERANCE[dtype]})  # fmt: skip
+                rows.append(check(f"MoE {path}: {name}", dtype, relative_error(got, want), TOLERANCE[dtype]))
     return rows
+
+
+def check(name: str, dtype: torch.dtype, error: float, tolerance: float) -> dict:
+    dtype = str(dtype).removeprefix("torch.")
+    return {"check": name, "dtype": dtype, "error": error, "tolerance": tolerance, "passed": error <= tolerance}
 
 
 def check_model(device: torch.device, smoke: bool) -> list[dict]:
@@ -161,9 +168,8 @@ def check_model(device: torch.device, smoke: bool) -> list[dict]:
     mask[1, 15:] = 0
     mask[2] = 0  # a fully padded row
 
-    def record(check, dtype, error, tolerance):
-        rows.append({"check": check, "dtype": str(dtype).removeprefix("torch."), "error": error,
-                     "tolerance": tolerance, "passed": error <= tolerance})  # fmt: skip
+    def record(name, dtype, error, tolerance):
+        rows.append(check(name, dtype, error, tolerance))
 
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
@@ -183,8 +189,9 @@ def check_model(device: torch.device, smoke: bool) -> list[dict]:
     labels = ids.masked_fill(torch.rand(ids.shape, device=device) > 0.3, -100).masked_fill(mask == 0, -100)
     labels[0, 1] = ids[0, 1]
     with torch.no_grad():
-        record("compiled = eager: inference", torch.float32,
-               relative_error(compiled(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits), 1e-4)  # fmt: skip
+        compiled_logits = compiled(input_ids=ids, attention_mask=mask).logits
+        eager_logits = model(input_ids=ids, attention_mask=mask).logits
+    record("compiled = eager: inference", torch.float32, relative_error(compiled_logits, eager_logits), 1e-4)
     model.train()
     eager_loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()), allow_unused=True)
@@ -200,8 +207,8 @@ def run_correctness(device: torch.device, smoke: bool, output_dir: Path) -> bool
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 checks at fp32 precision
     rows = check_moe_paths(device, smoke) + check_model(device, smoke)
     passed = all(r["passed"] for r in rows)
-    print(table(["check", "dtype", "relative error", "tolerance", "passed"],
-                [[r["check"], r["dtype"], f"{r['error']:.2e}", r["tolerance"], r["passed"]] for r in rows]))  # fmt: skip
+    cells = [[r["check"], r["dtype"], f"{r['error']:.2e}", r["tolerance"], r["passed"]] for r in rows]
+    print(table(["check", "dtype", "relative error", "tolerance", "passed"], cells))
     write(output_dir, "correctness", device, {"passed": passed, "checks": rows})
     return passed
 
@@ -260,7 +267,8 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
             torch.cuda.empty_cache()
     print(table(["tokens", "pass", "contender", "ms", "× dense"],
                 [[r["tokens"], r["pass"], r["contender"], r["ms"], r["x_dense"]] for r in rows]))  # fmt: skip
-    shape = f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, top-{config.num_experts_per_tok}"
+    shape = (f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
+             f"top-{config.num_experts_per_tok}")
     write(output_dir, "moe", device, {"dtype": "bfloat16", "shape": shape, "rows": rows})
 
 
@@ -281,7 +289,7 @@ def model_contenders(config: SpanishMoEBertConfig) -> dict:
     )  # fmt: skip
     return {
         "MoE (ours)": lambda: SpanishMoEBertForMaskedLM(config),
-        "dense twin": lambda: SpanishMoEBertForMaskedLM(dense_twin(config)),
+        "dense twin": lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
         "ModernBERT (equal active)": lambda: ModernBertForMaskedLM(modernbert),
     }
 
@@ -312,52 +320,70 @@ def run_model(device: torch.device, smoke: bool, output_dir: Path) -> None:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=generator)
     labels = ids.masked_fill(torch.rand(ids.shape, generator=generator) > 0.15, -100)
-    batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device), "labels": labels.to(device)}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    batch = {key: value.to(device) for key, value in batch.items()}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     peak = measured_peak_tflops(device, smoke)
-    datasheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in environment(device)["device"]), None)
     rows = []
     for name, factory in model_contenders(config).items():
         torch.manual_seed(0)
         model = factory().to(device).train()
+        # torch counts no grouped GEMMs: a MoE is counted as its dense twin, which has the same active FLOPs
+        counted = SpanishMoEBertForMaskedLM(config.dense_twin()).to(device) if name == "MoE (ours)" else model
         with autocast:
-            flops = training_flops(model if name != "MoE (ours)" else SpanishMoEBertForMaskedLM(dense_twin(config)).to(device), batch)
+            flops = training_flops(counted, batch)
         for mode in ("eager", "compiled"):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
             runner = model if mode == "eager" else compile_regions(model)  # as run_mlm.py --torch_compile does
-
-            def step():
-                with autocast:
-                    loss = runner(**batch).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            began = time.perf_counter()
-            seconds = median_seconds(step, device, repeats=steps, warmup=1 if smoke else 3)
-            row = {"model": name, "mode": mode, "total_parameters": sum(p.numel() for p in model.parameters()),
-                   "active_parameters": active_parameters(model), "tokens_per_second": batch_size * seq_len / seconds,
-                   "step_ms": seconds * 1e3, "tflops_per_second": flops / seconds / 1e12,
-                   "mfu_vs_measured_peak": flops / seconds / 1e12 / peak,
-                   "mfu_vs_datasheet": flops / seconds / 1e12 / datasheet if datasheet else None,
-                   "wall_seconds_including_compile": time.perf_counter() - began,
-                   "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}  # fmt: skip
-            rows.append(row)
-            del optimizer, runner
-        del model
+            rows.append(time_training(name, mode, model, runner, batch, autocast, device, steps, smoke, flops, peak))
+        del model, counted
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    datasheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in environment(device)["device"]), None)
     moe_eager = next(r for r in rows if r["model"] == "MoE (ours)" and r["mode"] == "eager")["tokens_per_second"]
     print(f"bf16 autocast, batch {batch_size} x {seq_len}; matrix-product peak measured {peak:.0f} TFLOP/s")
-    print(table(["model", "mode", "active params", "tokens/s", "vs MoE eager", "TFLOP/s", "MFU (datasheet)", "peak GiB"],
-                [[r["model"], r["mode"], f"{r['active_parameters'] / 1e6:.1f}M", f"{r['tokens_per_second']:,.0f}",
-                  f"{r['tokens_per_second'] / moe_eager:.2f}x", f"{r['tflops_per_second']:.0f}",
-                  f"{r['mfu_vs_datasheet']:.1%}" if r["mfu_vs_datasheet"] else "n/a",
-                  f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"] for r in rows]))  # fmt: skip
-    write(output_dir, "model", device, {"batch_size": batch_size, "seq_len": seq_len, "precision": "bf16 autocast",
-                                        "measured_peak_tflops": peak, "datasheet_peak_tflops": datasheet, "rows": rows})  # fmt: skip
+    cells = [
+        [r["model"], r["mode"], f"{r['active_parameters'] / 1e6:.1f}M", f"{r['tokens_per_second']:,.0f}",
+         f"{r['tokens_per_second'] / moe_eager:.2f}x", f"{r['tflops_per_second']:.0f}",
+         f"{r['tflops_per_second'] / datasheet:.1%}" if datasheet else "n/a", f"{r['mfu_vs_measured_peak']:.1%}",
+         f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"]
+        for r in rows
+    ]  # fmt: skip
+    header = ["model", "mode", "active params", "tokens/s", "vs MoE eager", "TFLOP/s", "MFU (datasheet)",
+              "MFU (measured peak)", "peak GiB"]  # fmt: skip
+    print(table(header, cells))
+    payload = {"batch_size": batch_size, "seq_len": seq_len, "precision": "bf16 autocast", "rows": rows,
+               "measured_peak_tflops": peak, "datasheet_peak_tflops": datasheet}  # fmt: skip
+    write(output_dir, "model", device, payload)
+
+
+def time_training(name, mode, model, runner, batch, autocast, device, steps, smoke, flops, peak) -> dict:
+    """One row of the model table: median step time of `runner` (the model, or its compiled regions) with AdamW."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+    def step():
+        with autocast:
+            loss = runner(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    began = time.perf_counter()
+    seconds = median_seconds(step, device, repeats=steps, warmup=1 if smoke else 3)
+    tokens = batch["input_ids"].numel()
+    return {
+        "model": name,
+        "mode": mode,
+        "total_parameters": model.num_parameters(),
+        "active_parameters": active_parameters(model),
+        "tokens_per_second": tokens / seconds,
+        "step_ms": seconds * 1e3,
+        "tflops_per_second": flops / seconds / 1e12,
+        "mfu_vs_measured_peak": flops / seconds / 1e12 / peak,
+        "wall_seconds_including_compile": time.perf_counter() - began,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,36 +416,45 @@ def run_run_mlm(device: torch.device, smoke: bool, output_dir: Path, corpus: Pat
     tokenizer = work / "tokenizer"
     vocab = "2000" if smoke else "50000"
     subprocess.run([sys.executable, str(REPO / "train_tokenizer.py"), "--train_file", str(corpus), "--vocab_size",
-                    vocab, "--output_dir", str(tokenizer)], check=True)  # fmt: skip
+                    vocab, "--output_dir", str(tokenizer)], check=True, cwd=REPO)  # fmt: skip
     extra = ["--tokenizer_name", str(tokenizer)] + (["--use_cpu"] if device.type == "cpu" else [])
     began = time.perf_counter()
-    subprocess.run(run_mlm_command(work / "full", corpus, smoke, extra), check=True)
+    subprocess.run(run_mlm_command(work / "full", corpus, smoke, extra), check=True, cwd=REPO)  # configs/ is relative
     full_seconds = time.perf_counter() - began
 
     killed_dir = work / "killed"
     first_checkpoint = killed_dir / ("checkpoint-10" if smoke else "checkpoint-100")
-    process = subprocess.Popen(run_mlm_command(killed_dir, corpus, smoke, extra))
+    process = subprocess.Popen(run_mlm_command(killed_dir, corpus, smoke, extra), cwd=REPO)
     while process.poll() is None and not (first_checkpoint / "trainer_state.json").is_file():
         time.sleep(0.5)
     time.sleep(2.0)  # let it train past the checkpoint
     process.send_signal(signal.SIGKILL)
     process.wait()
-    subprocess.run(run_mlm_command(killed_dir, corpus, smoke, extra), check=True)
+    subprocess.run(run_mlm_command(killed_dir, corpus, smoke, extra), check=True, cwd=REPO)
 
     full, resumed = logged_losses(work / "full"), logged_losses(killed_dir)
     start = int(first_checkpoint.name.split("-")[1])
     after = sorted(step for step in full if step > start and step in resumed)
     worst = max(abs(full[s] - resumed[s]) for s in after)
-    metrics = json.loads((work / "full" / "all_results.json").read_text()) if (work / "full" / "all_results.json").is_file() else {}
+    results_file = work / "full" / "all_results.json"
+    metrics = json.loads(results_file.read_text()) if results_file.is_file() else {}
     passed = worst <= (1e-4 if device.type == "cpu" else 2e-2)  # GPU kernels (atomics in attention backward) vary
-    print(table(["step", "uninterrupted loss", "killed + resumed loss"], [[s, f"{full[s]:.4f}", f"{resumed[s]:.4f}"] for s in after]))
+    print(table(["step", "uninterrupted loss", "killed + resumed loss"],
+                [[s, f"{full[s]:.4f}", f"{resumed[s]:.4f}"] for s in after]))  # fmt: skip
     print(f"largest difference after the resume: {worst:.2e} ({'ok' if passed else 'TOO LARGE'}); "
           f"uninterrupted run {full_seconds:.0f} s")
-    write(output_dir, "run_mlm", device, {"corpus": corpus.name, "resumed_from": start, "steps_compared": after,
-                                          "largest_loss_difference": worst, "passed": passed,
-                                          "uninterrupted_seconds": full_seconds,
-                                          "eval": {k: v for k, v in metrics.items() if k.startswith("eval_")},
-                                          "uninterrupted_losses": full, "resumed_losses": resumed})  # fmt: skip
+    payload = {
+        "corpus": corpus.name,
+        "resumed_from": start,
+        "steps_compared": after,
+        "largest_loss_difference": worst,
+        "passed": passed,
+        "uninterrupted_seconds": full_seconds,
+        "eval": {k: v for k, v in metrics.items() if k.startswith("eval_")},
+        "uninterrupted_losses": full,
+        "resumed_losses": resumed,
+    }
+    write(output_dir, "run_mlm", device, payload)
     return passed
 
 
@@ -428,7 +463,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--smoke", action="store_true", help="toy sizes: checks the code, measures nothing")
-    parser.add_argument("--corpus", type=Path, help="run_mlm's training file (default: ../shared's corpus, else bundled)")
+    parser.add_argument("--corpus", type=Path, help="run_mlm's training file (default: shared corpus, else bundled)")
     parser.add_argument("--output_dir", type=Path, default=REPO / "benchmarks" / "results" / "gpu")
     parser.add_argument("--work_dir", type=Path, default=REPO / "outputs" / "gpu_suite")
     args = parser.parse_args()

@@ -45,7 +45,7 @@ def paragraphs(path: Path = CORPUS) -> list[str]:
 
 
 def train_tokenizer(vocab_size: int = 8000, corpus: Path = CORPUS):
-    """The one tokenizer every contender uses: SentencePiece-unigram trained on the benchmark's corpus."""
+    """The one tokenizer every contender uses: our SentencePiece-style BPE, trained on the benchmark's corpus."""
     return SpanishSPMTokenizer.train_new(paragraphs(corpus), vocab_size=vocab_size)
 
 
@@ -64,18 +64,6 @@ def our_config(path: str | Path, tokenizer, **overrides) -> SpanishMoEBertConfig
     return SpanishMoEBertConfig.from_dict(values)
 
 
-def active_ffn_width(config: SpanishMoEBertConfig) -> int:
-    return config.num_experts_per_tok * config.moe_intermediate_size
-
-
-def dense_twin(config: SpanishMoEBertConfig) -> SpanishMoEBertConfig:
-    """Same model, every sparse layer replaced by one SwiGLU as wide as the experts active per token."""
-    return SpanishMoEBertConfig.from_dict(
-        config.to_dict()
-        | {"mlp_layer_types": ["dense"] * config.num_hidden_layers, "intermediate_size": active_ffn_width(config)}
-    )
-
-
 def modernbert_config(config: SpanishMoEBertConfig, tokenizer) -> ModernBertConfig:
     """ModernBERT as designed (GeGLU, pre-LayerNorm, RoPE, local/global attention), at our shapes."""
     return ModernBertConfig(
@@ -83,7 +71,7 @@ def modernbert_config(config: SpanishMoEBertConfig, tokenizer) -> ModernBertConf
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
-        intermediate_size=active_ffn_width(config),  # GLU: 3 * H * I weights, as our active experts
+        intermediate_size=config.active_intermediate_size,  # GLU: 3 * H * I weights, as our active experts
         max_position_embeddings=config.max_position_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         cls_token_id=tokenizer.cls_token_id,
@@ -100,7 +88,7 @@ def bert_config(config: SpanishMoEBertConfig, tokenizer) -> BertConfig:
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
-        intermediate_size=3 * active_ffn_width(config) // 2,  # plain MLP: 2 * H * I weights
+        intermediate_size=3 * config.active_intermediate_size // 2,  # plain MLP: 2 * H * I weights
         max_position_embeddings=config.max_position_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         hidden_dropout_prob=0.0,
@@ -109,14 +97,8 @@ def bert_config(config: SpanishMoEBertConfig, tokenizer) -> BertConfig:
 
 
 def active_parameters(model: torch.nn.Module) -> int:
-    """Parameters a token passes through: all of them, minus the experts it is not routed to."""
-    total = sum(p.numel() for p in model.parameters())
-    config = model.config
-    if getattr(config, "model_type", None) != "spanish_moe_bert":
-        return total
-    sparse_layers = sum(kind == "sparse" for kind in config.mlp_layer_types)
-    idle_experts = config.num_experts - config.num_experts_per_tok
-    return total - sparse_layers * idle_experts * 3 * config.hidden_size * config.moe_intermediate_size
+    """Parameters a token passes through: the anchors are dense, so all of theirs."""
+    return model.num_active_parameters() if hasattr(model, "num_active_parameters") else model.num_parameters()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: set up .venv (torch==2.13.0 CPU first, then the project with its dev
-# extras) and run the whole test suite, slow tests included.
+# extras), lint with ruff (settings in pyproject.toml) and run the whole test suite, slow tests included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -10,5 +10,6 @@ fi
 # Pin torch before anything else: an unpinned torch drags in a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/ruff check .
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest -q "$@"

@@ -1,13 +1,6 @@
-"""Trainer callbacks of `run_mlm.py`: the stream position inside checkpoints, and the disk budget.
+"""Trainer callbacks of `run_mlm.py`: the disk budget, and the masking rate recorded for the model card."""
 
-Both rely on one fact of the HF Trainer: a checkpoint's `trainer_state.json` is written after the weights,
-optimizer, scheduler and RNG states. A checkpoint whose `trainer_state.json` parses and holds the stream
-position is therefore complete; anything else was interrupted while being written and is never resumed from.
-"""
-
-import json
 import logging
-import re
 import shutil
 from pathlib import Path
 
@@ -15,50 +8,11 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from .resume import is_complete, last_complete_checkpoint, list_checkpoints
+
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 GIB = 1024**3
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints on disk
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def read_stream_states(checkpoint: Path) -> list[dict] | None:
-    """The per-rank stream positions saved in a checkpoint, or None if it is incomplete."""
-    try:
-        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-        return state["stateful_callbacks"][StreamStateCallback.__name__]["attributes"]["stream_states"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def is_complete(checkpoint: Path) -> bool:
-    return read_stream_states(checkpoint) is not None
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """`checkpoint-N` folders, oldest (smallest N) first."""
-    if not Path(output_dir).is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in Path(output_dir).iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
-    return [path for _, path in sorted(found) if path.is_dir()]
-
-
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    complete = [c for c in list_checkpoints(output_dir) if is_complete(c)]
-    return complete[-1] if complete else None
-
-
-def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """Delete checkpoints left half-written by a killed run (they would otherwise count as the newest)."""
-    removed = [c for c in list_checkpoints(output_dir) if not is_complete(c)]
-    for checkpoint in removed:
-        logger.warning(f"removing {checkpoint}: it was interrupted while being written")
-        shutil.rmtree(checkpoint)
-    return removed
 
 
 def directory_bytes(path: Path) -> int:
@@ -72,15 +26,6 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB else f"{nbytes / 1024**2:.2f} MiB"
 
 
-def _all_ranks(value):
-    """`value` from every process (a one-element list outside distributed runs)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [value]
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
 def _from_rank_zero(value):
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
@@ -89,36 +34,23 @@ def _from_rank_zero(value):
     return box[0]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Stream position
-# ----------------------------------------------------------------------------------------------------------------
+class MaskingRateCallback(TrainerCallback, ExportableState):
+    """Records `--mlm_probability` in `trainer_state.json` (the final model's and every checkpoint's), so that a
+    later export of the folder states the rate the model was trained with."""
 
-
-class StreamStateCallback(TrainerCallback, ExportableState):
-    """Puts every rank's training-stream position into each checkpoint's `trainer_state.json`.
-
-    The Trainer stores `state()` of exportable callbacks in `trainer_state.json`, which it writes last: the stream
-    position lands in the checkpoint atomically with the step it belongs to. `run_mlm.py` reads it back with
-    `read_stream_states` and gives each rank its own position before training resumes.
-    """
-
-    def __init__(self, stream=None):
-        self.stream = stream
-        self.stream_states = None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        # The default flow has decided about saving by now; nothing has been read past this step yet.
-        if control.should_save:
-            self.stream_states = _all_ranks(self.stream.state_dict())
-        return control
+    def __init__(self, mlm_probability: float):
+        self.mlm_probability = mlm_probability
 
     def state(self) -> dict:
-        return {"args": {}, "attributes": {"stream_states": self.stream_states}}
+        return {"args": {"mlm_probability": self.mlm_probability}, "attributes": {}}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Disk budget
-# ----------------------------------------------------------------------------------------------------------------
+def recorded_mlm_probability(trainer_state: dict | None) -> float | None:
+    """The masking rate a `MaskingRateCallback` recorded in a Trainer state, or None."""
+    try:
+        return trainer_state["stateful_callbacks"][MaskingRateCallback.__name__]["args"]["mlm_probability"]
+    except (KeyError, TypeError):
+        return None
 
 
 class DiskBudgetCallback(TrainerCallback):

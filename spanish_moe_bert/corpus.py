@@ -1,25 +1,32 @@
-"""Corpus readers shared by tokenizer training and MLM pre-training.
+"""Corpus readers shared by tokenizer training, MLM pre-training and the contrastive stage.
 
-Two sources of raw Spanish text, both yielding one ``str`` per document or paragraph:
+Two sources of raw Spanish text:
 
 * :func:`iter_texts` reads local files: ``.txt`` (one paragraph per line, empty lines skipped),
   ``.jsonl`` and ``.jsonl.gz`` (one JSON object per line with a text field, e.g. the shared
   ``es_corpus.jsonl.gz``). Bad input raises :class:`CorpusError` naming the file, the line and the
   field, so a broken line deep inside a multi-gigabyte file can be found and fixed.
-* :func:`iter_dataset` streams a Hugging Face ``datasets`` dataset (by default
-  ``erickfmm/red_pajama_es_hq_35``) without downloading it first, capped by ``max_documents``.
+* :func:`hub_documents` streams a Hugging Face ``datasets`` dataset (by default
+  ``DEFAULT_DATASET``) without downloading it first; :func:`iter_dataset` yields its texts.
+
+:func:`is_held_out` is the one held-out split of documents, by a hash of their text.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import zlib
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from typing import TYPE_CHECKING
 
-DEFAULT_DATASET = "erickfmm/red_pajama_es_hq_35"
+if TYPE_CHECKING:
+    from datasets import IterableDataset
+
+DEFAULT_DATASET = "erickfmm/red_pajama_es_hq_35"  # what pre-training and tokenizer training stream by default
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
 
 
@@ -89,6 +96,16 @@ def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
         yield where, record
 
 
+def check_corpus_file(path: str | os.PathLike) -> str:
+    """`path` as a string, after failing on an unsupported file type or a missing file."""
+    path = os.fspath(path)
+    if not path.endswith(SUPPORTED_SUFFIXES):
+        raise CorpusError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    return path
+
+
 def iter_texts(
     path: str | os.PathLike,
     text_column: str = "text",
@@ -101,11 +118,7 @@ def iter_texts(
     one text (a document; it may contain newlines between paragraphs).
     """
     _check_max_documents(max_documents)
-    path = os.fspath(path)
-    if not path.endswith(SUPPORTED_SUFFIXES):
-        raise CorpusError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"corpus file not found: {path}")
+    path = check_corpus_file(path)
     is_jsonl = not path.endswith(".txt")
 
     def texts() -> Iterator[str]:
@@ -121,6 +134,31 @@ def iter_texts(
     yield from islice(texts(), max_documents)
 
 
+def hub_documents(
+    name: str = DEFAULT_DATASET,
+    config_name: str | None = None,
+    split: str = "train",
+    text_column: str = "text",
+    **load_kwargs,
+) -> IterableDataset:
+    """Stream a ``datasets`` dataset as ``{"text": str}`` records: its ``text_column``, renamed.
+
+    The dataset is opened with ``streaming=True``, so nothing is downloaded up front. ``load_kwargs`` go to
+    ``datasets.load_dataset`` (e.g. ``data_files=`` for the local ``"json"`` builder).
+    """
+    from datasets import load_dataset  # imported here: reading local files does not need `datasets`
+
+    dataset = load_dataset(name, config_name, split=split, streaming=True, **load_kwargs)
+    columns = dataset.column_names
+    if columns is not None and text_column not in columns:
+        raise CorpusError(
+            f"dataset {name!r} ({split}) record 0: missing field {text_column!r}; the dataset has no column "
+            f"{text_column!r}, only {columns}"
+        )
+    dataset = dataset.select_columns([text_column])
+    return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
+
+
 def iter_dataset(
     dataset_name: str = DEFAULT_DATASET,
     split: str = "train",
@@ -128,18 +166,24 @@ def iter_dataset(
     max_documents: int | None = None,
     **load_kwargs,
 ) -> Iterator[str]:
-    """Stream the ``text_column`` of a ``datasets`` dataset, at most ``max_documents`` records.
-
-    The dataset is opened with ``streaming=True``, so nothing is downloaded up front and a
-    ``max_documents`` cap reads only that many records. ``load_kwargs`` go to
-    ``datasets.load_dataset`` (e.g. ``data_files=`` for the local ``"json"`` builder).
-    """
-    from datasets import load_dataset  # imported here: reading local files does not need `datasets`
-
+    """The texts of :func:`hub_documents`, at most ``max_documents`` (only that many records are read)."""
     _check_max_documents(max_documents)
-    dataset = load_dataset(dataset_name, split=split, streaming=True, **load_kwargs)
-    for index, record in enumerate(islice(dataset, max_documents)):
-        yield _text_field(record, text_column, f"dataset {dataset_name!r} ({split}) record {index}")
+    documents = hub_documents(dataset_name, split=split, text_column=text_column, **load_kwargs)
+    for index, document in enumerate(islice(documents, max_documents)):
+        # Named as the dataset names it: hub_documents renamed the column to "text".
+        where = f"dataset {dataset_name!r} ({split}) record {index}"
+        yield _text_field({text_column: document["text"]}, text_column, where)
+
+
+def document_id(text: str) -> str:
+    """A stable id of a document: the hash of its text."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def is_held_out(text: str, fraction: float) -> bool:
+    """Whether a document falls in the held-out `fraction`, by a hash of its text: the same document lands on the
+    same side in any order, on any machine. The bundled retrieval dev set (data/retrieval_dev) was split with it."""
+    return int(document_id(text)[:8], 16) / 0xFFFFFFFF < fraction
 
 
 def iter_corpus(

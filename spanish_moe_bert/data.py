@@ -2,27 +2,32 @@
 
 Everything is a `datasets.IterableDataset`, so a Hub dataset and local files go through the same steps, nothing
 is tokenized ahead of time, and the position in the stream can be saved in a checkpoint and restored
-(`IterableDataset.state_dict()` / `load_state_dict()`) instead of re-reading the stream to skip what was seen.
+(`IterableDataset.state_dict()` / `load_state_dict()`, see `resume.py`) instead of re-reading the stream to skip
+what was seen.
 """
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 
 import torch
-from datasets import Dataset, Features, IterableDataset, Value, load_dataset
+from datasets import Dataset, Features, IterableDataset, Value
 from datasets.distributed import split_dataset_by_node
 from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
-from .corpus import iter_texts
+from .corpus import check_corpus_file, is_held_out, iter_texts
 
-LOCAL_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
+MLM_PROBABILITY = 0.15  # BERT's share of masked tokens: run_mlm.py's default
 
 
 class EmptyDatasetError(ValueError):
     """The data yielded no training example at all."""
+
+
+NO_TRAINING_EXAMPLE = (
+    "the training data yielded no example (empty files, or every document held out, or too few tokens for one "
+    "block of max_seq_length)"
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -43,37 +48,17 @@ def local_documents(paths: list[str], text_column: str = "text") -> IterableData
     Bad files fail while streaming with an error naming file, line and field (see `corpus.iter_texts`); a missing
     file or an unsupported suffix fails here, before anything runs.
     """
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"data file not found: {path}")
-        if not str(path).endswith(LOCAL_SUFFIXES):
-            raise ValueError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
     return IterableDataset.from_generator(
         _read_documents,
-        gen_kwargs={"paths": [str(p) for p in paths], "text_column": text_column},
+        gen_kwargs={"paths": [check_corpus_file(p) for p in paths], "text_column": text_column},
         features=Features({"text": Value("string")}),
     )
 
 
-def hub_documents(name: str, config_name: str | None, split: str, text_column: str) -> IterableDataset:
-    """Stream a Hub dataset (nothing is downloaded ahead), keeping only its text column, renamed to "text"."""
-    dataset = load_dataset(name, config_name, split=split, streaming=True)
-    if dataset.column_names is not None and text_column not in dataset.column_names:
-        raise ValueError(f"dataset {name}: no column {text_column!r}; its columns are {dataset.column_names}")
-    dataset = dataset.select_columns([text_column])
-    return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
-
-
-def is_held_out(text: str, percentage: float) -> bool:
-    """Stable per-document split: the same document always lands on the same side, in any order, on any machine."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % 10_000 < percentage * 100
-
-
-def split_by_document(documents: IterableDataset, percentage: float) -> tuple[IterableDataset, IterableDataset]:
-    """(train, validation) streams; `percentage` % of documents, chosen by content hash, go to validation."""
-    train = documents.filter(lambda doc: not is_held_out(doc["text"], percentage))
-    validation = documents.filter(lambda doc: is_held_out(doc["text"], percentage))
+def split_by_document(documents: IterableDataset, fraction: float) -> tuple[IterableDataset, IterableDataset]:
+    """(train, validation) streams; a `fraction` of the documents, chosen by content hash, go to validation."""
+    train = documents.filter(lambda doc: not is_held_out(doc["text"], fraction))
+    validation = documents.filter(lambda doc: is_held_out(doc["text"], fraction))
     return train, validation
 
 
@@ -134,57 +119,11 @@ def shard_for_rank(documents: IterableDataset, rank: int, world_size: int) -> It
     return split_dataset_by_node(documents, rank=rank, world_size=world_size) if world_size > 1 else documents
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The resumable training stream
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class ResumableStream(torch.utils.data.IterableDataset):
-    """An endless stream of training examples: passes over `dataset` epoch after epoch (training length is
-    `max_steps`), and exposes the position of the last example it yielded, epoch included, for checkpoints.
-
-    The position is exact only if nothing reads ahead of the training loop: iterate it in the training process
-    (DataLoader `num_workers=0`, not wrapped by accelerate, which prefetches one batch).
-    """
-
-    def __init__(self, dataset: IterableDataset):
-        self.dataset = dataset
-        self.epoch = 0
-        self._resumed = False
-
-    def __iter__(self):
-        while True:
-            self.dataset.set_epoch(self.epoch)
-            examples = 0
-            for example in self.dataset:
-                examples += 1
-                yield example
-            if examples == 0 and not self._resumed:
-                raise EmptyDatasetError(
-                    "the training data yielded no example (empty files, or every document held out, or too few "
-                    "tokens for one block of max_seq_length)"
-                )
-            self._resumed = False
-            self.epoch += 1
-
-    def state_dict(self) -> dict:
-        return self.dataset.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        # `datasets` applies the state only to the pass whose epoch matches, so later passes start afresh.
-        self.dataset.load_state_dict(state)
-        self.epoch = state["epoch"]
-        self._resumed = True
-
-
 def first_example(dataset: IterableDataset) -> dict:
     """Read one example, to fail before training starts on missing, empty or unreadable data."""
     example = next(iter(dataset), None)
     if example is None:
-        raise EmptyDatasetError(
-            "the training data yielded no example (empty files, or every document held out, or too few tokens "
-            "for one block of max_seq_length)"
-        )
+        raise EmptyDatasetError(NO_TRAINING_EXAMPLE)
     return example
 
 

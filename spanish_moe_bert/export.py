@@ -3,6 +3,9 @@
     export_model("outputs/mini-demo")                                  # complete the folder in place
     export_model("outputs/mini-demo", "outputs/mini-demo-hub")         # or write a clean copy elsewhere
     export_model(..., push_to_hub=True, hub_model_id="user/spanish-moe-bert-mini")
+    export_model("outputs/mini-demo", "outputs/mini-embed", sentence_stage=SentenceStage(...))  # after contrastive
+
+run_mlm.py, export_model.py and train_sentence_embeddings.py all export through `export_model`.
 
 The folder holds what each kind of Hub user loads, all with `trust_remote_code=True`:
 - 🤗 Transformers: `config.json` (`auto_map` for AutoConfig and every AutoModel class), `model.safetensors`,
@@ -10,7 +13,8 @@ The folder holds what each kind of Hub user loads, all with `trust_remote_code=T
 - Sentence Transformers: `modules.json`, `sentence_bert_config.json`, `config_sentence_transformers.json`
   (cosine similarity) and `1_Pooling/config.json` ([CLS] pooling = the model's `pooler_output`, or mean);
 - people: `README.md`, a model card from `hub_card/` with Hub metadata (widget, model-index with this
-  checkpoint's held-out MLM metrics), the training-loss curve and an expert-load heatmap.
+  checkpoint's held-out MLM metrics, and a contrastive stage's retrieval metrics), the training-loss curve and an
+  expert-load heatmap.
 
 Everything is written to a staging folder first and then moved into place file by file, so a failed export
 leaves an existing folder as it was.
@@ -22,39 +26,28 @@ import logging
 import math
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
 
-from configuration_spanish_moe_bert import SpanishMoEBertConfig
-from modeling_spanish_moe_bert import (
-    SpanishMoEBertExperts,
-    SpanishMoEBertForMaskedLM,
-    SpanishMoEBertForSequenceClassification,
-    SpanishMoEBertForTokenClassification,
-    SpanishMoEBertModel,
-)
-from spanish_moe_bert.data import MaskingCollator, local_documents, masked_eval_set, tokenize_stream
+from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
+from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+from spanish_moe_bert.callbacks import recorded_mlm_probability
+from spanish_moe_bert.corpus import DEFAULT_DATASET
+from spanish_moe_bert.data import MLM_PROBABILITY, MaskingCollator, local_documents, masked_eval_set, tokenize_stream
 from spanish_moe_bert.training import perplexity
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 
 logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_card" / "model_card_template.md"
-DEFAULT_DATASETS = ("erickfmm/red_pajama_es_hq_35",)  # what run_mlm.py streams when given no --train_file
+DEFAULT_DATASETS = (DEFAULT_DATASET,)  # what run_mlm.py streams when given no --train_file
 POOLING_MODES = ("cls", "mean")
 LOSS_CURVE_FILE = "training_loss.png"
 EXPERT_LOAD_FILE = "expert_load.png"
-
-# Every Auto class a Hub user may load this checkpoint with; save_pretrained only records the saved class.
-AUTO_MODEL_CLASSES = {
-    "AutoModel": SpanishMoEBertModel,
-    "AutoModelForMaskedLM": SpanishMoEBertForMaskedLM,
-    "AutoModelForSequenceClassification": SpanishMoEBertForSequenceClassification,
-    "AutoModelForTokenClassification": SpanishMoEBertForTokenClassification,
-}
 
 # Widget sentences; "{mask}" becomes the tokenizer's mask token.
 WIDGET_SENTENCES = (
@@ -62,6 +55,15 @@ WIDGET_SENTENCES = (
     "En el principio creó Dios los cielos y la {mask}.",
     "Para guardar el documento, haga clic en el menú {mask}.",
 )
+# The widget of a folder after the contrastive stage: sentence similarity, not the MLM head's fill-mask.
+SIMILARITY_WIDGET = {
+    "source_sentence": "¿Cómo inserto una tabla en el documento?",
+    "sentences": [
+        "Para insertar una tabla, abra el menú Insertar y pulse Tabla.",
+        "Seleccione las celdas que desea ordenar y elija Datos - Ordenar.",
+        "Y dijo Dios: Sea la luz; y fué la luz.",
+    ],
+}
 # A few sentences for the expert-load heatmap: Bible prose, software help, everyday Spanish.
 EXPERT_LOAD_TEXTS = (
     "Y dijo Dios: Sea la luz; y fué la luz. Y vió Dios que la luz era buena.",
@@ -79,17 +81,22 @@ class HubPushError(RuntimeError):
     """The upload to the Hub failed; the local folder is complete and unchanged."""
 
 
+@dataclass
+class SentenceStage:
+    """What a contrastive sentence-embedding stage after pre-training (train_sentence_embeddings.py) exports."""
+
+    encoder: torch.nn.Module  # the trained SpanishMoEBertModel; the MLM head stays the checkpoint's
+    prompts: dict[str, str]  # Sentence Transformers prompts, e.g. {"query": "consulta: "}
+    max_seq_length: int
+    description: str  # markdown for the card's Training section
+    trainer_state: dict  # the stage's TrainerState as a dict: the card's loss curve and training table
+    results: str  # markdown for the card: retrieval before and after the stage
+    eval_results: list[EvalResult]  # the retrieval metrics, for the card's model-index
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Measurements for the card
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def parameter_counts(model: torch.nn.Module, config: SpanishMoEBertConfig) -> tuple[int, int]:
-    """(total, active per token): active leaves out the (E - k) / E share of expert weights a token skips."""
-    total = sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
-    expert = sum(p.numel() for m in model.modules() if isinstance(m, SpanishMoEBertExperts) for p in m.parameters())
-    skipped = expert * (config.num_experts - config.num_experts_per_tok) / config.num_experts
-    return total, round(total - skipped)
 
 
 def expert_load(model: SpanishMoEBertForMaskedLM, tokenizer, texts: Sequence[str]) -> torch.Tensor:
@@ -105,7 +112,7 @@ def evaluate_mlm(
     eval_files: Sequence[str],
     max_seq_length: int = 128,
     max_samples: int = 128,
-    mlm_probability: float = 0.15,
+    mlm_probability: float = MLM_PROBABILITY,
     seed: int = 42,
     batch_size: int = 16,
 ) -> dict[str, float]:
@@ -133,11 +140,9 @@ def evaluate_mlm(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def plot_loss_curve(trainer_state: Path, path: Path) -> bool:
+def plot_loss_curve(trainer_state: dict | None, path: Path) -> bool:
     """Training (and evaluation) loss against step from the Trainer's log_history; False if there is none."""
-    if not trainer_state.is_file():
-        return False
-    history = json.loads(trainer_state.read_text())["log_history"]
+    history = (trainer_state or {}).get("log_history", [])
     train = [(e["step"], e["loss"]) for e in history if "loss" in e]
     evals = [(e["step"], e["eval_mlm_loss"]) for e in history if "eval_mlm_loss" in e]
     if not train:
@@ -187,17 +192,9 @@ def plot_expert_load(load: torch.Tensor, moe_layers: list[int], path: Path) -> N
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def complete_auto_map(config_path: Path) -> None:
-    """Map every Auto class to its class in the copied modeling file."""
-    config = json.loads(config_path.read_text())
-    config["auto_map"] = {
-        "AutoConfig": f"configuration_spanish_moe_bert.{SpanishMoEBertConfig.__name__}",
-        **{auto: f"modeling_spanish_moe_bert.{cls.__name__}" for auto, cls in AUTO_MODEL_CLASSES.items()},
-    }
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def write_sentence_transformers_files(folder: Path, hidden_size: int, max_seq_length: int, pooling: str) -> None:
+def write_sentence_transformers_files(
+    folder: Path, hidden_size: int, max_seq_length: int, pooling: str, prompts: dict[str, str]
+) -> None:
     """The Sentence Transformers layout: this folder as the Transformer module, then a Pooling module.
 
     Written in the long-standing format (module types `sentence_transformers.models.*`, `pooling_mode_*` flags)
@@ -229,7 +226,7 @@ def write_sentence_transformers_files(folder: Path, hidden_size: int, max_seq_le
         "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
         "config_sentence_transformers.json": {
             "__version__": versions,
-            "prompts": {},
+            "prompts": prompts,
             "default_prompt_name": None,
             "similarity_fn_name": "cosine",
         },
@@ -256,11 +253,12 @@ def write_model_card(
     pooling: str,
     loss_curve: bool,
     trainer_state: dict | None,
-    sentence_stage: str | None = None,
+    mlm_probability: float,
+    sentence_stage: SentenceStage | None = None,
 ) -> None:
     """README.md from hub_card/model_card_template.md with ModelCardData metadata."""
     mask = tokenizer.mask_token
-    widget = [{"text": sentence.format(mask=mask)} for sentence in WIDGET_SENTENCES]
+    fill_mask_widget = [{"text": sentence.format(mask=mask)} for sentence in WIDGET_SENTENCES]
     eval_rows, model_index = [], []
     if eval_results:
         metrics = {
@@ -283,21 +281,28 @@ def write_model_card(
                     metric_value=round(float(value), 4),
                 )
             )
+    if sentence_stage:
+        model_index += sentence_stage.eval_results
     card_data = ModelCardData(
         language="es",
         license="apache-2.0",
         library_name="transformers",
-        pipeline_tag="fill-mask",
+        # What the folder is for: after a contrastive stage the MLM head is one that stage left behind.
+        pipeline_tag="sentence-similarity" if sentence_stage else "fill-mask",
         tags=["sentence-transformers", "feature-extraction", "mixture-of-experts", "custom_code"],
         datasets=list(datasets) or None,
         model_name=repo_id,
         eval_results=model_index or None,
-        widget=widget,
+        widget=[SIMILARITY_WIDGET] if sentence_stage else fill_mask_widget,
     )
     total, active = params
+    mlm_percent = f"{100 * mlm_probability:g}"
     moe_layers = sum(t == "sparse" for t in config.mlp_layer_types)
     architecture_rows = [
-        ("parameters (total / active per token)", f"{format_count(total)} / {format_count(active)} ({total:,} / {active:,})"),
+        (
+            "parameters (total / active per token)",
+            f"{format_count(total)} / {format_count(active)} ({total:,} / {active:,})",
+        ),
         ("layers (MoE layers)", f"{config.num_hidden_layers} ({moe_layers})"),
         ("hidden size", config.hidden_size),
         ("attention heads (key/value heads)", f"{config.num_attention_heads} ({config.num_key_value_heads})"),
@@ -323,7 +328,7 @@ def write_model_card(
         template_path=str(CARD_TEMPLATE),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
-        example_sentence=widget[0]["text"],
+        example_sentence=fill_mask_widget[0]["text"],
         total_params=format_count(total),
         active_params=format_count(active),
         experts_per_token=config.num_experts_per_tok,
@@ -332,18 +337,19 @@ def write_model_card(
         pooling="[CLS]" if pooling == "cls" else "mean",
         eval_rows=eval_rows,
         eval_source=eval_source,
-        mlm_percent=15,
+        mlm_percent=mlm_percent,
         architecture_rows=architecture_rows,
         expert_load_plot=EXPERT_LOAD_FILE,
         uniform_load=f"{1 / config.num_experts:.3f}",
         training_text=(
-            f"Masked language modelling (15% of tokens) plus the router's load-balancing loss "
+            f"Masked language modelling ({mlm_percent}% of tokens) plus the router's load-balancing loss "
             f"(coefficient {config.router_aux_loss_coef}) and z-loss (coefficient {config.router_z_loss_coef}), "
             f"with the Hugging Face Trainer (`run_mlm.py`). Training data: {data_text}."
         ),
         loss_curve_plot=LOSS_CURVE_FILE if loss_curve else None,
         training_rows=training_rows,
-        sentence_stage=sentence_stage,
+        sentence_stage=sentence_stage.description if sentence_stage else None,
+        sentence_results=sentence_stage.results if sentence_stage else None,
         max_length=min(tokenizer.model_max_length, config.max_position_embeddings),
         year=date.today().year,
     )
@@ -363,7 +369,8 @@ def export_model(
     eval_files: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
     pooling: str = "cls",
-    sentence_stage: str | None = None,
+    mlm_probability: float | None = None,
+    sentence_stage: SentenceStage | None = None,
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
     private: bool = False,
@@ -373,8 +380,11 @@ def export_model(
     Held-out metrics for the card come from `eval_results` (run_mlm.py's `eval_*` metrics), else from
     `eval_files` (measured here), else from `model_dir/eval_results.json` if the Trainer wrote one.
     `datasets` (Hub ids for the card) default to those named by a card already in `model_dir` (run_mlm.py
-    writes one), else DEFAULT_DATASETS. `sentence_stage` (markdown) describes a contrastive stage after pre-training; the card's training table
-    and loss curve are then that stage's.
+    writes one), else DEFAULT_DATASETS. `mlm_probability`, the masking rate of pre-training and of the card's MLM
+    metrics, defaults to the one run_mlm.py records in `model_dir/trainer_state.json`, else MLM_PROBABILITY.
+    A `sentence_stage` exports that stage's encoder under the checkpoint's MLM head (so the folder still loads as
+    every Auto class), with its prompts and sequence length; its card is that stage's (training table, loss curve,
+    retrieval results), without the checkpoint's MLM metrics, which the stage made stale.
     Returns the folder; with `push_to_hub` also uploads it to `hub_model_id` (raises HubPushError on failure).
     """
     model_dir = Path(model_dir)
@@ -384,7 +394,9 @@ def export_model(
     if push_to_hub and not hub_model_id:
         raise ValueError("push_to_hub needs hub_model_id, e.g. 'your-name/spanish-moe-bert-mini'")
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} holds no config.json: give a folder saved by run_mlm.py or save_pretrained")
+        raise FileNotFoundError(
+            f"{model_dir} holds no config.json: give a folder saved by run_mlm.py or save_pretrained"
+        )
 
     if datasets is None:
         datasets = card_datasets(model_dir)
@@ -392,28 +404,36 @@ def export_model(
     model = SpanishMoEBertForMaskedLM.from_pretrained(model_dir).eval()
     tokenizer = SpanishSPMTokenizer.from_pretrained(model_dir)
     config = model.config
+    max_seq_length = min(tokenizer.model_max_length, config.max_position_embeddings)
+    prompts = {}
+    trainer_state_path = model_dir / "trainer_state.json"
+    trainer_state = json.loads(trainer_state_path.read_text()) if trainer_state_path.is_file() else None
+    if mlm_probability is None:
+        mlm_probability = recorded_mlm_probability(trainer_state) or MLM_PROBABILITY
 
     eval_source = "the run's validation split"
     if not eval_results and eval_files:
-        eval_results = evaluate_mlm(model, tokenizer, eval_files)
+        eval_results = evaluate_mlm(model, tokenizer, eval_files, mlm_probability=mlm_probability)
         eval_source = ", ".join(Path(f).name for f in eval_files)
-    elif not eval_results and (model_dir / "eval_results.json").is_file():
+    elif not eval_results and not sentence_stage and (model_dir / "eval_results.json").is_file():
         eval_results = json.loads((model_dir / "eval_results.json").read_text())
-    trainer_state_path = model_dir / "trainer_state.json"
-    trainer_state = json.loads(trainer_state_path.read_text()) if trainer_state_path.is_file() else None
+    if sentence_stage:
+        model.model.load_state_dict(sentence_stage.encoder.state_dict())
+        trainer_state = sentence_stage.trainer_state
+        max_seq_length, prompts = sentence_stage.max_seq_length, sentence_stage.prompts
 
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=output_dir) as staging_name:
         staging = Path(staging_name)
+        # A checkpoint saved by an older version may map fewer Auto classes than a Hub user loads it with.
+        config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        complete_auto_map(staging / "config.json")
-        max_seq_length = min(tokenizer.model_max_length, config.max_position_embeddings)
-        write_sentence_transformers_files(staging, config.hidden_size, max_seq_length, pooling)
+        write_sentence_transformers_files(staging, config.hidden_size, max_seq_length, pooling, prompts)
         moe_layers = [i for i, kind in enumerate(config.mlp_layer_types) if kind == "sparse"]
         if moe_layers:
             plot_expert_load(expert_load(model, tokenizer, EXPERT_LOAD_TEXTS), moe_layers, staging / EXPERT_LOAD_FILE)
-        loss_curve = plot_loss_curve(trainer_state_path, staging / LOSS_CURVE_FILE)
+        loss_curve = plot_loss_curve(trainer_state, staging / LOSS_CURVE_FILE)
         write_model_card(
             staging,
             config,
@@ -422,10 +442,11 @@ def export_model(
             eval_results=eval_results,
             eval_source=eval_source,
             datasets=datasets,
-            params=parameter_counts(model, config),
+            params=(model.num_parameters(), model.num_active_parameters()),
             pooling=pooling,
             loss_curve=loss_curve,
             trainer_state=trainer_state,
+            mlm_probability=mlm_probability,
             sentence_stage=sentence_stage,
         )
         move_into(staging, output_dir)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from spanish_moe_bert.corpus import iter_jsonl_records
+from spanish_moe_bert.corpus import document_id, is_held_out, iter_jsonl_records
 
 # Passages shorter than this carry too little meaning to be an anchor or a positive.
 MIN_WORDS = 5
@@ -56,16 +56,6 @@ def paragraph_key(paragraph: str) -> str:
     """A short stable hash of a paragraph, insensitive to case and spacing."""
     normalized = " ".join(paragraph.lower().split())
     return hashlib.sha1(normalized.encode("utf-8")).hexdigest()[:16]
-
-
-def document_id(text: str) -> str:
-    """A stable id of a document: the hash of its text."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-
-
-def is_held_out(text: str, fraction: float) -> bool:
-    """Whether a document belongs to the dev split: a stable hash of its text, independent of order."""
-    return int(document_id(text)[:8], 16) / 0xFFFFFFFF < fraction
 
 
 class HeldOutParagraphs:
@@ -174,7 +164,9 @@ def split_heading(text: str, title: str | None = None, config: PairConfig = Pair
     return heading, body
 
 
-def heading_pairs(text: str, rng: random.Random, config: PairConfig = PairConfig(), title: str | None = None) -> list[dict]:
+def heading_pairs(
+    text: str, rng: random.Random, config: PairConfig = PairConfig(), title: str | None = None
+) -> list[dict]:
     """Heading -> body, the unsupervised twin of a title/query -> document pair."""
     split = split_heading(text, title, config)
     if split is None:

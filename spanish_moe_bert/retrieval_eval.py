@@ -158,7 +158,9 @@ class EmbeddingSystem:
 
     def _encode(self, texts: list[str], role: str) -> np.ndarray:
         encode = self.model.encode_query if role == "query" else self.model.encode_document
-        return encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        return encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
 
     def rank(self, queries: list[str], passages: list[str], k: int = K) -> list[list[int]]:
         scores = self._encode(queries, "query") @ self._encode(passages, "document").T
@@ -212,10 +214,9 @@ def minilm_path() -> Path:
 
 
 def load_sentence_transformer(path: str | os.PathLike, **kwargs):
-    """Load a local Sentence Transformers folder offline (our exports need their remote code)."""
+    """Load a local Sentence Transformers folder, without the Hub (our exports need their remote code)."""
     from sentence_transformers import SentenceTransformer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return SentenceTransformer(str(path), trust_remote_code=True, device="cpu", local_files_only=True, **kwargs)
 
 
@@ -238,7 +239,9 @@ DATASET_NAME = "Spanish retrieval dev (held-out LibreOffice help, heading -> bod
 CARD_METRICS = {"ndcg@10": "ndcg_at_10", "mrr@10": "mrr_at_10", "recall@1": "recall_at_1", "sts_spearman": "spearman"}
 
 
-def eval_results_for_card(metrics: dict[str, float], dataset_name: str = DATASET_NAME, dataset_type: str = "retrieval_dev"):
+def eval_results_for_card(
+    metrics: dict[str, float], dataset_name: str = DATASET_NAME, dataset_type: str = "retrieval_dev"
+):
     """The metrics of one model as ``huggingface_hub.EvalResult``s, for ``ModelCardData(eval_results=...)``."""
     from huggingface_hub import EvalResult
 
@@ -254,10 +257,3 @@ def eval_results_for_card(metrics: dict[str, float], dataset_name: str = DATASET
         for name, value in metrics.items()
         if name in CARD_METRICS
     ]
-
-
-def evaluate_on_dev(model, queries: Path = DEV_QUERIES, corpus: Path | None = DEV_CORPUS) -> dict[str, float]:
-    """The retrieval metrics of one model (folder or SentenceTransformer) on the bundled dev set."""
-    if isinstance(model, (str, os.PathLike)):
-        model = load_sentence_transformer(model)
-    return evaluate_system(EmbeddingSystem(model, "model"), load_retrieval(queries, corpus))

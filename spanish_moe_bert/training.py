@@ -1,6 +1,6 @@
 """The Trainer of `run_mlm.py`: router and DyT metrics in the logs (their per-layer detail kept off the console), a
 NaN/inf guard, MLM evaluation metrics, and a training dataloader that keeps the stream's own position (see
-`data.ResumableStream`)."""
+`resume.py`)."""
 
 import math
 
@@ -10,6 +10,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from .resume import stream_dataloader
 
 
 class NonFiniteLossError(RuntimeError):
@@ -90,7 +92,7 @@ class SummaryPrinterCallback(PrinterCallback):
 
 
 class MoEMLMTrainer(Trainer):
-    """`Trainer` for MoE masked-LM pre-training on a `ResumableStream`."""
+    """`Trainer` for MoE masked-LM pre-training on a `resume.ResumableStream`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -106,17 +108,8 @@ class MoEMLMTrainer(Trainer):
                 self.add_callback(summary)
 
     def get_train_dataloader(self) -> DataLoader:
-        # The stream is already sharded per process (`split_dataset_by_node`) and records its position for
-        # checkpoints. accelerate would shard it a second time and read a batch ahead of the loop, so it gets a
-        # plain DataLoader, read in this process. The private generator keeps DataLoader from drawing its seed
-        # from the global RNG, whose checkpointed state must match an uninterrupted run on resume.
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self._train_batch_size,
-            collate_fn=self.data_collator,
-            num_workers=0,
-            pin_memory=self.args.dataloader_pin_memory,
-            generator=torch.Generator(),
+        return stream_dataloader(
+            self.train_dataset, self._train_batch_size, self.data_collator, self.args.dataloader_pin_memory
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,7 +1,7 @@
 """Sparse upcycling: start a MoE model from a trained dense twin instead of from scratch.
 
-The dense twin (`dense_twin_config`) has one SwiGLU of width `k * I` where the MoE has `E` experts of width `I`
-with `k` active per token, so both spend the same FLOPs per token. Upcycling copies everything but the
+The dense twin (`SpanishMoEBertConfig.dense_twin`) has one SwiGLU of width `k * I` where the MoE has `E` experts of
+width `I` with `k` active per token, so both spend the same FLOPs per token. Upcycling copies everything but the
 feed-forward, cuts the dense SwiGLU's `k * I` neurons into `k` slices of `I`, and starts expert `e` as slice
 `e mod k` with its output scaled by `k`. A token whose top-k experts hold one slice each then gets exactly the
 dense layer's output (the renormalised weights are 1/k each at a uniform router); other tokens get some slices
@@ -15,20 +15,9 @@ from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
 
 
-def dense_twin_config(config: SpanishMoEBertConfig) -> SpanishMoEBertConfig:
-    """The same model with every sparse layer one SwiGLU as wide as the experts active per token."""
-    return SpanishMoEBertConfig.from_dict(
-        config.to_dict()
-        | {
-            "mlp_layer_types": ["dense"] * config.num_hidden_layers,
-            "intermediate_size": config.num_experts_per_tok * config.moe_intermediate_size,
-        }
-    )
-
-
 @torch.no_grad()
 def upcycle(dense: SpanishMoEBertForMaskedLM, config: SpanishMoEBertConfig) -> SpanishMoEBertForMaskedLM:
-    """A `config` MoE model whose weights come from `dense`, a trained model of `dense_twin_config(config)`."""
+    """A `config` MoE model whose weights come from `dense`, a trained model of `config.dense_twin()`."""
     k, width = config.num_experts_per_tok, config.moe_intermediate_size
     if config.num_experts % k:
         raise ValueError(f"upcycling needs num_experts ({config.num_experts}) divisible by num_experts_per_tok ({k})")

@@ -1,6 +1,5 @@
 """The Hub export: a complete folder, what a Hub user does with it in a fresh process, and push_to_hub offline."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import spanish_moe_bert.export as export
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from export_model import parse_args
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
+from spanish_moe_bert.callbacks import MaskingRateCallback
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory) -> Path:
-    return export.export_model(checkpoint, tmp_path_factory.mktemp("hub") / "spanish-moe-bert-tiny", eval_results=EVAL_RESULTS)
+    folder = tmp_path_factory.mktemp("hub") / "spanish-moe-bert-tiny"
+    return export.export_model(checkpoint, folder, eval_results=EVAL_RESULTS)
 
 
 def test_folder_is_a_complete_hub_repo(exported):
@@ -92,10 +93,23 @@ def test_re_export_keeps_the_datasets_the_checkpoint_card_names(checkpoint, tmp_
     assert "Training data: local Spanish text." in (again / "README.md").read_text()
 
 
+def test_card_states_the_masking_rate_of_the_run(checkpoint, tmp_path):
+    folder = export.export_model(checkpoint, tmp_path / "explicit", eval_results=EVAL_RESULTS, mlm_probability=0.3)
+    card = (folder / "README.md").read_text()
+    assert "masking 30% of the tokens" in card and "Masked language modelling (30% of tokens)" in card
+    # A re-export reads the rate run_mlm.py recorded in the Trainer state.
+    recorded = shutil.copytree(checkpoint, tmp_path / "recorded")
+    state = json.loads((recorded / "trainer_state.json").read_text())
+    state["stateful_callbacks"] = {"MaskingRateCallback": MaskingRateCallback(0.25).state()}
+    (recorded / "trainer_state.json").write_text(json.dumps(state))
+    card = (export.export_model(recorded, eval_results=EVAL_RESULTS) / "README.md").read_text()
+    assert "masking 25% of the tokens" in card and "Masked language modelling (25% of tokens)" in card
+
+
 def test_parameter_counts_leave_out_inactive_experts():
     config = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json")
     model = SpanishMoEBertForMaskedLM(config)
-    total, active = export.parameter_counts(model, config)
+    total, active = model.num_parameters(), model.num_active_parameters()
     h, i, e, k = config.hidden_size, config.moe_intermediate_size, config.num_experts, config.num_experts_per_tok
     expert_weights = config.mlp_layer_types.count("sparse") * e * (h * 2 * i + i * h)
     assert total == sum(p.numel() for p in model.parameters())
@@ -141,7 +155,8 @@ HUB_USER = textwrap.dedent(
     result["st_shape"] = list(embeddings.shape)
     result["cos_sim"] = util.cos_sim(embeddings, embeddings).tolist()
     cls = model(**tokenizer(["El gato duerme."], return_tensors="pt")).pooler_output[0]
-    result["st_equals_pooler"] = torch.allclose(st.encode(["El gato duerme."], convert_to_tensor=True)[0], cls, atol=1e-5)
+    st_vector = st.encode(["El gato duerme."], convert_to_tensor=True)[0]
+    result["st_equals_pooler"] = torch.allclose(st_vector, cls, atol=1e-5)
 
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3, trust_remote_code=True)
     before = classifier.classifier.weight.detach().clone()
@@ -207,20 +222,16 @@ def test_push_to_hub_uploads_the_exported_folder(checkpoint, tmp_path, monkeypat
     assert card.data.model_name == "me/spanish-moe-bert" and 'model="me/spanish-moe-bert"' in card.text
 
 
-def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
-
-
-def test_push_without_network_fails_clearly_and_keeps_the_folder(exported, monkeypatch):
+def test_push_without_network_fails_clearly_and_keeps_the_folder(exported, monkeypatch, file_hashes):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    before = _hashes(exported)
+    before = file_hashes(exported)
     with pytest.raises(export.HubPushError, match=r"could not push .* 'me/spanish-moe-bert'.*complete and unchanged"):
         export.push_folder(exported, "me/spanish-moe-bert")
-    assert _hashes(exported) == before
+    assert file_hashes(exported) == before
 
 
-def test_failed_export_leaves_an_existing_folder_as_it_was(exported, monkeypatch):
-    before = _hashes(exported)
+def test_failed_export_leaves_an_existing_folder_as_it_was(exported, monkeypatch, file_hashes):
+    before = file_hashes(exported)
 
     def broken_card(*args, **kwargs):
         raise RuntimeError("card template broken")
@@ -228,7 +239,7 @@ def test_failed_export_leaves_an_existing_folder_as_it_was(exported, monkeypatch
     monkeypatch.setattr(export, "write_model_card", broken_card)
     with pytest.raises(RuntimeError, match="card template broken"):
         export.export_model(exported, pooling="mean")
-    assert _hashes(exported) == before
+    assert file_hashes(exported) == before
     assert not any(name.startswith(".staging-") for name in os.listdir(exported))
 
 

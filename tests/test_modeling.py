@@ -124,7 +124,9 @@ def test_forward_shapes_for_every_attention_and_norm_type(attention, norm):
 
 
 def test_mla_with_low_rank_queries_and_dense_layers():
-    config = make_config(attention_pattern=["mla"], q_lora_rank=16, mlp_layer_types=["dense", "sparse", "dense", "sparse"])
+    config = make_config(
+        attention_pattern=["mla"], q_lora_rank=16, mlp_layer_types=["dense", "sparse", "dense", "sparse"]
+    )
     out = SpanishMoEBertModel(config)(batch())
     assert out.last_hidden_state.shape == (3, 16, config.hidden_size)
     assert out.expert_load.shape == (2, config.num_experts)
@@ -182,7 +184,7 @@ PATHS = ["grouped_mm", "padded_bmm", "loop", "compiled_fallback", "per_expert"]
 
 
 def random_moe(path: str | None = None, **overrides) -> SpanishMoEBertSparseMoE:
-    """A MoE layer that always takes `path` (None: the automatic choice), with weights large enough to route unevenly."""
+    """A MoE layer that always takes `path` (None: the automatic one), with weights large enough to route unevenly."""
     torch.manual_seed(0)
     moe = SpanishMoEBertSparseMoE(make_config(moe_implementation=path, **overrides))
     for p in moe.parameters():
@@ -268,7 +270,9 @@ def test_expert_path_table(monkeypatch):
         ("cuda", torch.bfloat16, False, (6, 1), False),  # Tesla P40
     ],
 )
-def test_grouped_mm_availability_by_device_dtype_and_compile(device, dtype, compiling, capability, expected, monkeypatch):
+def test_grouped_mm_availability_by_device_dtype_and_compile(
+    device, dtype, compiling, capability, expected, monkeypatch
+):
     monkeypatch.setattr(modeling, "_cuda_capability", lambda index: capability)
     assert modeling.grouped_mm_available(torch.device(device), dtype, compiling) == expected
 

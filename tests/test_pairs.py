@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from spanish_moe_bert.corpus import is_held_out
 from spanish_moe_bert.pairs import (
     HeldOutParagraphs,
     PairConfig,
@@ -13,7 +14,6 @@ from spanish_moe_bert.pairs import (
     build_pairs,
     crop_pairs,
     heading_pairs,
-    is_held_out,
     mine_bm25_negatives,
     neighbour_pairs,
     paragraph_key,
@@ -109,7 +109,8 @@ def test_bundled_dev_set_is_consistent_and_excluded_from_the_demo_corpus():
     held = HeldOutParagraphs.from_file(DEV_DIR / "heldout_paragraphs.txt")
     queries = [json.loads(line) for line in (DEV_DIR / "queries.jsonl").open(encoding="utf-8")]
     assert all(paragraph_key(q["query"]) in held.keys for q in queries)
-    sample = [line for line in (REPO / "data" / "es_corpus_sample.txt").read_text(encoding="utf-8").splitlines() if line]
+    sample_lines = (REPO / "data" / "es_corpus_sample.txt").read_text(encoding="utf-8").splitlines()
+    sample = [line for line in sample_lines if line]
     kept = held.filter(sample)
     assert 0 < len(sample) - len(kept) < len(sample) // 5  # the demo corpus has dev paragraphs; they go
     dev_leads = {q["query"] for q in queries}
@@ -135,7 +136,10 @@ def test_labelled_pairs_are_read_with_or_without_negatives(tmp_path):
         (['{"anchor": "a", "positive": "b"}', "{not json"], r"pairs.jsonl:2: invalid JSON"),
         (['{"anchor": "a"}'], r"pairs.jsonl:1: field 'positive' must be a non-empty string, got None"),
         (['{"anchor": "a", "positive": 3}'], r"pairs.jsonl:1: field 'positive' must be a non-empty string, got 3"),
-        (['{"anchor": "a", "positive": "b"}', '{"anchor": "a", "positive": "b", "negative": "c"}'], r"pairs.jsonl:2: field 'negative' is present"),
+        (
+            ['{"anchor": "a", "positive": "b"}', '{"anchor": "a", "positive": "b", "negative": "c"}'],
+            r"pairs.jsonl:2: field 'negative' is present",
+        ),
         (['["a", "b"]'], r"pairs.jsonl:1: expected a JSON object"),
         ([""], r"no pairs found"),
     ],

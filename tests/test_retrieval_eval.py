@@ -75,7 +75,8 @@ def test_systems_rank_the_toy_corpus_and_compare_in_one_table(tmp_path):
             {"query": "perro grande", "positive": "perro que ladra en el jardín de la casa"},
         ],
     )
-    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "celda de una hoja de cálculo"}, {"text": "gato que duerme al sol en la ventana"}])
+    passages = [{"text": "celda de una hoja de cálculo"}, {"text": "gato que duerme al sol en la ventana"}]
+    corpus = write_jsonl(tmp_path / "c.jsonl", passages)
     data = load_retrieval(queries, corpus)
     assert len(data.passages) == 3  # the duplicate passage is searched once
     assert data.relevant == [{0}, {1}]

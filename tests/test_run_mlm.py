@@ -20,8 +20,9 @@ from transformers.integrations.integration_utils import rewrite_logs
 
 import run_mlm
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes, is_complete, list_checkpoints, read_stream_states
+from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes, recorded_mlm_probability
 from spanish_moe_bert.corpus import CorpusError
+from spanish_moe_bert.resume import is_complete, list_checkpoints, read_stream_states
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "es_corpus_sample.txt"
@@ -135,7 +136,8 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     output_dir = tmp_path / "run"
     metrics = run_mlm.main(
         run_args(output_dir, tokenizer_dir, max_steps=6, save_steps=3, eval_strategy="steps", eval_steps=3,
-                 report_to="tensorboard", do_eval="true", gradient_accumulation_steps=2)  # fmt: skip
+                 report_to="tensorboard", do_eval="true", gradient_accumulation_steps=2,
+                 mlm_probability=0.2)  # fmt: skip
     )
     for key in ("eval_loss", "eval_mlm_loss", "eval_accuracy", "eval_perplexity", "train_loss"):
         assert math.isfinite(metrics[key])
@@ -158,6 +160,8 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     assert metrics["train_loss"] < math.log(512) + 1
     # ... and output_dir is the Hub export (spanish_moe_bert.export), with this run's metrics in the card.
     assert (output_dir / "modules.json").is_file() and (output_dir / "README.md").is_file()
+    assert "masking 20% of the tokens" in (output_dir / "README.md").read_text()
+    assert recorded_mlm_probability(json.loads((output_dir / "trainer_state.json").read_text())) == 0.2
 
 
 @pytest.mark.slow
@@ -230,7 +234,9 @@ class PoisonWeights(TrainerCallback):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer_dir):
     output_dir = tmp_path / "run"
-    model_args, data_args, training_args = run_mlm.parse_args(run_args(output_dir, tokenizer_dir, max_steps=8, save_steps=2))
+    model_args, data_args, training_args = run_mlm.parse_args(
+        run_args(output_dir, tokenizer_dir, max_steps=8, save_steps=2)
+    )
     with pytest.raises(SystemExit, match=r"NaN or inf\) at step 4"):
         run_mlm.run(model_args, data_args, training_args, extra_callbacks=[PoisonWeights(step=3)])
     assert [c.name for c in list_checkpoints(output_dir)] == ["checkpoint-2"]
@@ -350,7 +356,8 @@ def test_two_processes_read_their_own_shards_and_resume(tmp_path, tokenizer_dir)
     output_dir = tmp_path / "ddp"
 
     def launch(launcher, max_steps):
-        command = [*launcher, "run_mlm.py", *run_args(output_dir, tokenizer_dir, max_steps=max_steps, save_steps=2, map_batch_size=10)]
+        options = run_args(output_dir, tokenizer_dir, max_steps=max_steps, save_steps=2, map_batch_size=10)
+        command = [*launcher, "run_mlm.py", *options]
         result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
 

@@ -11,16 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from sentence_transformers.sentence_transformer import losses  # noqa: E402
 
+import spanish_moe_bert.export as export_module  # noqa: E402
+import train_sentence_embeddings as tse  # noqa: E402
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
-from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
-import train_sentence_embeddings as tse  # noqa: E402
 from spanish_moe_bert.export import export_model  # noqa: E402
+from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
+from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,12 +71,12 @@ def batch_and_model(mlm_checkpoint):
 
 def test_router_losses_reach_the_router_weights(batch_and_model):
     model, batch = batch_and_model
-    loss = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
+    loss = RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
     parts, with_router = grads(model, loss, batch, only="router")
     assert with_router, "no router parameter received a gradient"
     assert parts["router"].item() > 0 and parts["router"].requires_grad
     loss.remove_hooks()
-    off = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model, weight=0.0)
+    off = RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model, weight=0.0)
     parts, without = grads(model, off, batch, only="router")
     off.remove_hooks()
     assert parts["router"].item() == 0
@@ -89,11 +92,11 @@ def test_gradcache_gives_the_same_gradients_including_router_losses(batch_and_mo
     from sentence_transformers.base.losses.merged_forward import column_merging_disabled
 
     model, batch = batch_and_model
-    plain = tse.RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
+    plain = RouterLossWrapper(losses.MultipleNegativesRankingLoss(model), model)
     with column_merging_disabled():
         plain_parts, plain_grads = grads(model, plain, batch)
     plain.remove_hooks()
-    cached = tse.RouterLossWrapper(losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=4), model)
+    cached = RouterLossWrapper(losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=4), model)
     cached_parts, cached_grads = grads(model, cached, batch)
     cached.remove_hooks()
     assert cached.cached and not plain.cached
@@ -110,6 +113,46 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
         make_args(mlm_checkpoint, pooling="max")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         make_args(tmp_path)
+
+
+def test_embedding_export_writes_everything_at_once_or_nothing(mlm_checkpoint, tmp_path, monkeypatch, file_hashes):
+    args = make_args(mlm_checkpoint, query_prompt="consulta: ")
+    model = tse.build_model(args, "mean")
+    with torch.no_grad():  # a trained encoder differs from the checkpoint's
+        model[0].model.embeddings.word_embeddings.weight.mul_(2)
+    output_dir = shutil.copytree(mlm_checkpoint, tmp_path / "embed")  # a folder already holding an export
+    state = {"global_step": 3, "log_history": [{"step": s, "loss": 3.0 - s / 2} for s in (1, 2, 3)]}
+    metrics = {"ndcg@10": 0.25, "mrr@10": 0.2, "recall@1": 0.125}
+
+    def export():
+        return tse.export_embedding_model(model, args, "mean", output_dir, state, 96, metrics, "| system |\n|---|")
+
+    before = file_hashes(output_dir)
+
+    def broken_card(*args, **kwargs):  # the card is the last thing written
+        raise RuntimeError("card template broken")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module, "write_model_card", broken_card)
+        with pytest.raises(RuntimeError, match="card template broken"):
+            export()
+    assert file_hashes(output_dir) == before
+    assert not any(p.name.startswith(".staging-") for p in output_dir.iterdir())
+
+    export()
+    settings = json.loads((output_dir / "config_sentence_transformers.json").read_text())
+    assert settings["prompts"]["query"] == "consulta: "
+    assert json.loads((output_dir / "sentence_bert_config.json").read_text())["max_seq_length"] == 48
+    assert json.loads((output_dir / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"]
+    exported = load_file(output_dir / "model.safetensors")
+    trained = model[0].model.embeddings.word_embeddings.weight
+    assert torch.equal(exported["model.embeddings.word_embeddings.weight"], trained)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.pipeline_tag == "sentence-similarity" and "source_sentence" in card.data.widget[0]
+    assert [r.metric_value for r in card.data.eval_results if r.metric_type == "ndcg_at_10"] == [0.25]
+    assert "## Sentence embeddings: contrastive stage" in card.text and "| system |" in card.text
+    assert card.data.datasets == ["someone/spanish-text"]
+    assert "96 unsupervised pairs" in card.text and (output_dir / "training_loss.png").is_file()
 
 
 def small_dev_set(folder: Path) -> Path:
@@ -130,7 +173,8 @@ def test_tiny_contrastive_run_exports_a_folder_a_fresh_process_loads(mlm_checkpo
     output_dir = tmp_path / "embed"
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text(
-        json.dumps({"anchor": "¿Cómo guardo un documento?", "positive": "Pulse Archivo ▸ Guardar."}, ensure_ascii=False) + "\n",
+        json.dumps({"anchor": "¿Cómo guardo un documento?", "positive": "Pulse Archivo ▸ Guardar."}, ensure_ascii=False)
+        + "\n",
         encoding="utf-8",
     )
     results = tse.main(
@@ -176,7 +220,11 @@ print(json.dumps({"shape": list(emb.shape), "cos": util.cos_sim(emb, emb).tolist
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", script, str(hub_copy)], cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True
+        [sys.executable, "-c", script, str(hub_copy)],
+        cwd=tmp_path / "elsewhere",
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])

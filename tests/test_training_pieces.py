@@ -1,5 +1,5 @@
-"""Unit tests of the pieces behind run_mlm.py: the streaming data pipeline, checkpoint bookkeeping, the disk
-budget, router metrics and evaluation metrics."""
+"""Unit tests of the pieces behind run_mlm.py: the streaming data pipeline, checkpoint bookkeeping and the stream
+position (resume.py), the disk budget, router metrics and evaluation metrics."""
 
 import gzip
 import json
@@ -12,22 +12,12 @@ import pytest
 import torch
 from transformers import EvalPrediction, TrainerControl, TrainerState
 
-from spanish_moe_bert.callbacks import (
-    DiskBudgetCallback,
-    StreamStateCallback,
-    directory_bytes,
-    is_complete,
-    last_complete_checkpoint,
-    remove_incomplete_checkpoints,
-)
-from spanish_moe_bert.corpus import CorpusError
+from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes
+from spanish_moe_bert.corpus import CorpusError, hub_documents, is_held_out
 from spanish_moe_bert.data import (
     EmptyDatasetError,
     MaskingCollator,
-    ResumableStream,
     first_example,
-    hub_documents,
-    is_held_out,
     local_documents,
     masked_eval_set,
     pack_documents,
@@ -35,6 +25,13 @@ from spanish_moe_bert.data import (
     split_by_document,
     token_counts,
     tokenize_stream,
+)
+from spanish_moe_bert.resume import (
+    ResumableStream,
+    StreamStateCallback,
+    is_complete,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
 )
 from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, RouterMetrics, mlm_metrics
 
@@ -61,10 +58,10 @@ def documents_file(tmp_path, n=300):
 
 def test_held_out_split_is_by_document_stable_and_sized():
     texts = [f"párrafo {i} del corpus" for i in range(4000)]
-    held = [t for t in texts if is_held_out(t, 5.0)]
+    held = [t for t in texts if is_held_out(t, 0.05)]
     assert 120 < len(held) < 280  # ~5 %
-    assert held == [t for t in reversed(texts) if is_held_out(t, 5.0)][::-1]  # order does not matter
-    train, validation = split_by_document(local_documents([SAMPLE]), 5.0)
+    assert held == [t for t in reversed(texts) if is_held_out(t, 0.05)][::-1]  # order does not matter
+    train, validation = split_by_document(local_documents([SAMPLE]), 0.05)
     train_texts = {d["text"] for d in islice(train, 3000)}
     validation_texts = {d["text"] for d in validation}
     assert validation_texts and not train_texts & validation_texts
@@ -74,7 +71,8 @@ def test_dataset_stream_keeps_the_text_column(tmp_path):
     # `load_dataset` streams a local folder the same way as a Hub repo (the Hub is not reachable in tests).
     folder = tmp_path / "dataset"
     folder.mkdir()
-    (folder / "train.jsonl").write_text("".join(json.dumps({"id": i, "content": f"texto {i}"}) + "\n" for i in range(5)))
+    records = (json.dumps({"id": i, "content": f"texto {i}"}) + "\n" for i in range(5))
+    (folder / "train.jsonl").write_text("".join(records))
     documents = hub_documents(str(folder), None, "train", text_column="content")
     assert [d for d in documents] == [{"text": f"texto {i}"} for i in range(5)]
     with pytest.raises(ValueError, match=r"no column 'text'.*'content'"):
@@ -185,7 +183,8 @@ def fake_checkpoint(output_dir: Path, step: int, size: int, complete: bool = Tru
     checkpoint = output_dir / f"checkpoint-{step}"
     checkpoint.mkdir(parents=True)
     (checkpoint / "model.safetensors").write_bytes(b"\0" * size)
-    state = {"global_step": step, "stateful_callbacks": {"StreamStateCallback": {"attributes": {"stream_states": [{}]}}}}
+    stream_state = {"StreamStateCallback": {"attributes": {"stream_states": [{}]}}}
+    state = {"global_step": step, "stateful_callbacks": stream_state}
     text = json.dumps(state)
     (checkpoint / "trainer_state.json").write_text(text if complete else text[: len(text) // 2])
     return checkpoint

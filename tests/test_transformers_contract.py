@@ -179,7 +179,8 @@ def test_device_map_auto_on_cpu(saved_mlm):
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     ids, mask = padded_batch()
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, reference(input_ids=ids, attention_mask=mask).logits)
+        loaded, expected = model(input_ids=ids, attention_mask=mask), reference(input_ids=ids, attention_mask=mask)
+    assert torch.equal(loaded.logits, expected.logits)
 
 
 def test_init_weights_is_deterministic():

@@ -8,7 +8,7 @@ import torch
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-from spanish_moe_bert.upcycling import dense_twin_config, upcycle
+from spanish_moe_bert.upcycling import upcycle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def moe_config(**overrides) -> SpanishMoEBertConfig:
 def test_upcycled_model_reproduces_the_dense_model_when_tokens_take_one_expert_per_slice():
     config = moe_config(router_bias_update_rate=1e-6)  # only to route by the bias below
     torch.manual_seed(0)
-    dense = SpanishMoEBertForMaskedLM(dense_twin_config(config)).eval()
+    dense = SpanishMoEBertForMaskedLM(config.dense_twin()).eval()
     for p in dense.parameters():
         torch.nn.init.normal_(p, std=0.1)
     moe = upcycle(dense, config).eval()
@@ -42,10 +42,10 @@ def test_upcycled_model_reproduces_the_dense_model_when_tokens_take_one_expert_p
 
 def test_upcycling_needs_the_matching_dense_width_and_divisible_experts():
     config = moe_config()
-    wrong = SpanishMoEBertForMaskedLM(dense_twin_config(config).__class__.from_dict(
-        dense_twin_config(config).to_dict() | {"intermediate_size": 48}))  # fmt: skip
+    narrow = SpanishMoEBertConfig.from_dict(config.dense_twin().to_dict() | {"intermediate_size": 48})
+    wrong = SpanishMoEBertForMaskedLM(narrow)
     with pytest.raises(ValueError, match="intermediate_size is 48"):
         upcycle(wrong, config)
     odd = moe_config(num_experts=7, num_experts_per_tok=2)
     with pytest.raises(ValueError, match="divisible"):
-        upcycle(SpanishMoEBertForMaskedLM(dense_twin_config(odd)), odd)
+        upcycle(SpanishMoEBertForMaskedLM(odd.dense_twin()), odd)

@@ -1,0 +1,91 @@
+"""The MoE router losses (load balancing, z-loss) added to a Sentence Transformers loss, GradCache included."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from modeling_spanish_moe_bert import router_loss
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+
+def uses_gradient_cache(loss: nn.Module) -> bool:
+    """Whether a loss (or the loss it wraps, e.g. inside MatryoshkaLoss) embeds with GradCache."""
+    while loss is not None:
+        if getattr(loss, "uses_gradient_cache", False):
+            return True
+        loss = getattr(loss, "loss", None)
+    return False
+
+
+class RouterLossWrapper(nn.Module):
+    """A contrastive loss plus the MoE router losses (load balancing, z-loss) of the encoder's forwards.
+
+    Sentence Transformers calls the encoder's ``forward`` directly, past module hooks, so forward hooks
+    on its sparse-MoE layers collect each layer's router statistics instead. Each is weighted by
+    1/num_layers (the encoder's ``aux_loss`` is the layer mean) and by its forward's share of the batch's
+    sentences (anchors, positives and negatives are separate forwards), so the added term is
+    ``router_loss(config, outputs)`` of the whole batch. The two parts are returned as a dict, which
+    SentenceTransformerTrainer sums and logs separately.
+
+    With a GradCache loss the forwards that carry gradients run inside the backward pass, mini-batch
+    by mini-batch, so there each router loss is back-propagated on the spot, scaled like the
+    contrastive loss (e.g. by gradient accumulation); the no-grad first pass gives the logged value.
+    """
+
+    def __init__(self, loss: nn.Module, model: SentenceTransformer, weight: float = 1.0):
+        super().__init__()
+        self.loss = loss
+        self.model = model
+        encoder = model[0].model
+        self.config = encoder.config
+        self.weight = weight
+        self.cached = uses_gradient_cache(loss)
+        # The class comes from the checkpoint's remote code, so match it by name, not isinstance.
+        moe_layers = [m for m in encoder.modules() if type(m).__name__ == "SpanishMoEBertSparseMoE"]
+        if not moe_layers:
+            logger.warning("the encoder has no sparse MoE layer: no router losses to add")
+        self._num_layers = max(len(moe_layers), 1)
+        self._hooks = [m.register_forward_hook(self._on_moe_forward) for m in moe_layers]
+        self._terms: list[torch.Tensor] = []
+        self._batch_rows = 1
+        self._grad_scale = torch.tensor(1.0)
+
+    def remove_hooks(self) -> None:
+        """Stop collecting router losses (for a model that outlives this loss)."""
+        for hook in self._hooks:
+            hook.remove()
+
+    def _on_moe_forward(self, module, inputs, output):
+        if not module.training:
+            return
+        hidden_states, (_, stats) = inputs[0], output
+        share = hidden_states.shape[0] / self._batch_rows / self._num_layers
+        loss = self.weight * share * router_loss(self.config, stats)
+        if self.cached and torch.is_grad_enabled():  # GradCache replay, inside backward
+            (loss * self._grad_scale).backward(retain_graph=True)
+        else:
+            self._terms.append(loss)
+
+    def _remember_grad_scale(self, grad: torch.Tensor) -> None:
+        self._grad_scale = grad.detach()
+
+    def forward(self, sentence_features, labels) -> dict[str, torch.Tensor]:
+        sentence_features = list(sentence_features)
+        self._batch_rows = sum(f["input_ids"].shape[0] for f in sentence_features)
+        self._terms = []
+        contrastive = self.loss(sentence_features, labels)
+        router = sum(self._terms, torch.zeros((), device=contrastive.device))
+        if self.cached and contrastive.requires_grad:
+            # A new node whose gradient arrives before GradCache's replay hook on `contrastive` runs.
+            contrastive = contrastive.clone()
+            contrastive.register_hook(self._remember_grad_scale)
+            router = router.detach()
+        return {"contrastive": contrastive, "router": router}
