@@ -3,6 +3,7 @@
 
     python export_model.py outputs/mini-demo                                   # complete the folder in place
     python export_model.py outputs/mini-demo --output_dir outputs/mini-demo-hub --eval_file held_out.txt
+    python export_model.py outputs/mini-demo --output_dir outputs/mini-demo-hub --onnx  # + onnx/model.onnx
     python export_model.py outputs/mini-demo --push_to_hub --hub_model_id your-name/spanish-moe-bert-mini
 
 run_mlm.py already exports its output_dir at the end of training; this script re-exports (another pooling, a
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"named by model_dir's card (run_mlm.py writes it), else {', '.join(DEFAULT_DATASETS)}",
     )
     parser.add_argument("--pooling", choices=POOLING_MODES, default="cls", help="Sentence Transformers pooling")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also write onnx/model.onnx (the encoder; checked against PyTorch)"
+    )
     parser.add_argument("--push_to_hub", action="store_true", help="upload the folder to --hub_model_id")
     parser.add_argument("--hub_model_id", help="Hub repository, e.g. your-name/spanish-moe-bert-mini")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             eval_files=args.eval_file,
             datasets=args.datasets,
             pooling=args.pooling,
+            onnx=args.onnx,
             push_to_hub=args.push_to_hub,
             hub_model_id=args.hub_model_id,
             private=args.private,

@@ -94,6 +94,7 @@ class EmbeddingArguments:
         default=str(DEV_DIR), metadata={"help": "Dev set: queries.jsonl, corpus.jsonl, heldout_paragraphs.txt."}
     )
     eval_baselines: bool = field(default=True, metadata={"help": "Also evaluate BM25 and all-MiniLM-L6-v2."})
+    onnx: bool = field(default=False, metadata={"help": "Also export the trained encoder as onnx/model.onnx."})
 
     def __post_init__(self):
         choices = {"pooling": ("cls", "mean", "auto"), "loss": ("cached_mnrl", "mnrl")}
@@ -239,7 +240,9 @@ def export_embedding_model(
         eval_results=eval_results_for_card(metrics),
     )
     datasets = card_datasets(args.model_name_or_path) or []
-    return export_model(args.model_name_or_path, output_dir, pooling=pooling, datasets=datasets, sentence_stage=stage)
+    return export_model(
+        args.model_name_or_path, output_dir, pooling=pooling, datasets=datasets, sentence_stage=stage, onnx=args.onnx
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -38,6 +38,7 @@ from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
 from spanish_moe_bert.callbacks import recorded_mlm_probability
 from spanish_moe_bert.corpus import DEFAULT_DATASET
 from spanish_moe_bert.data import MLM_PROBABILITY, MaskingCollator, local_documents, masked_eval_set, tokenize_stream
+from spanish_moe_bert.onnx import ONNX_PATH, write_onnx
 from spanish_moe_bert.training import perplexity
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 
@@ -255,6 +256,7 @@ def write_model_card(
     trainer_state: dict | None,
     mlm_probability: float,
     sentence_stage: SentenceStage | None = None,
+    onnx: bool = False,
 ) -> None:
     """README.md from hub_card/model_card_template.md with ModelCardData metadata."""
     mask = tokenizer.mask_token
@@ -350,6 +352,7 @@ def write_model_card(
         training_rows=training_rows,
         sentence_stage=sentence_stage.description if sentence_stage else None,
         sentence_results=sentence_stage.results if sentence_stage else None,
+        onnx_file=ONNX_PATH.as_posix() if onnx else None,
         max_length=min(tokenizer.model_max_length, config.max_position_embeddings),
         year=date.today().year,
     )
@@ -371,6 +374,7 @@ def export_model(
     pooling: str = "cls",
     mlm_probability: float | None = None,
     sentence_stage: SentenceStage | None = None,
+    onnx: bool = False,
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
     private: bool = False,
@@ -385,6 +389,8 @@ def export_model(
     A `sentence_stage` exports that stage's encoder under the checkpoint's MLM head (so the folder still loads as
     every Auto class), with its prompts and sequence length; its card is that stage's (training table, loss curve,
     retrieval results), without the checkpoint's MLM metrics, which the stage made stale.
+    `onnx` also writes the encoder as `onnx/model.onnx` (`spanish_moe_bert.onnx.write_onnx`, checked against PyTorch);
+    without it an `onnx/model.onnx` left by an earlier export is removed, since it no longer matches the weights.
     Returns the folder; with `push_to_hub` also uploads it to `hub_model_id` (raises HubPushError on failure).
     """
     model_dir = Path(model_dir)
@@ -448,8 +454,15 @@ def export_model(
             trainer_state=trainer_state,
             mlm_probability=mlm_probability,
             sentence_stage=sentence_stage,
+            onnx=onnx,
         )
+        if onnx:
+            write_onnx(model, staging / ONNX_PATH)
         move_into(staging, output_dir)
+    stale_onnx = output_dir / ONNX_PATH
+    if not onnx and stale_onnx.is_file():
+        logger.warning(f"removing {stale_onnx}: it holds earlier weights (export with onnx=True to renew it)")
+        stale_onnx.unlink()
     logger.info(f"exported a Hub-ready model folder to {output_dir}")
 
     if push_to_hub:

@@ -90,3 +90,18 @@ def test_an_export_that_differs_from_pytorch_is_refused_and_leaves_no_file(hub_f
     with pytest.raises(onnx_export.OnnxExportError, match="differs from PyTorch by 5.00e-01"):
         onnx_export.write_onnx(model, target)
     assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_export_model_cli_writes_the_onnx_file_and_a_plain_re_export_removes_it(hub_folder, tmp_path):
+    import export_model
+
+    folder = tmp_path / "exported"
+    export_model.main([str(hub_folder), "--output_dir", str(folder), "--onnx", "--datasets"])
+    assert (folder / onnx_export.ONNX_PATH).is_file()
+    card = (folder / "README.md").read_text()
+    assert "onnx/model.onnx" in card and "onnxruntime.InferenceSession" in card
+    model = SpanishMoEBertModel.from_pretrained(folder)
+    assert onnx_export.max_difference(model, folder / onnx_export.ONNX_PATH) <= 1e-4
+    export_model.main([str(hub_folder), "--output_dir", str(folder), "--datasets"])  # weights may differ now
+    assert not (folder / onnx_export.ONNX_PATH).exists()
+    assert "onnxruntime.InferenceSession" not in (folder / "README.md").read_text()
