@@ -1,19 +1,18 @@
 #!/usr/bin/env python
-"""Training throughput of the mini config on CPU: sparse MoE vs its dense twin with the same active parameters.
+"""Training throughput on CPU: our MoE against its dense twin and a ModernBERT of the same active FFN parameters.
 
 The dense twin replaces every sparse layer by one SwiGLU of width num_experts_per_tok * moe_intermediate_size, so
-both models spend the same feed-forward FLOPs per token; the difference is what routing costs (router, top-k,
-gather/scatter of tokens to experts) on this machine. Both train in one process on the same blocks of the bundled
-corpus (forward, backward, AdamW step), in alternating rounds so that machine noise hits both alike.
+both spend the same feed-forward FLOPs per token: the difference is what routing costs. ModernBERT (GeGLU of the
+same width, LayerNorm, its own attention) predicts only at masked positions, as ours does (`sparse_prediction`).
+All train in one process on the same blocks of the bundled corpus (forward, backward, AdamW step), in alternating
+rounds so that machine noise hits all alike, with freed memory kept for reuse as run_mlm.py does on CPUs.
 
-    python benchmarks/bench_train.py            # prints a markdown table, writes benchmarks/results/bench_train.json
+    python benchmarks/bench_train.py            # mini shapes and the published widths (4 layers, 512 tokens)
     python benchmarks/bench_train.py --quick    # a smoke run in seconds
 """
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,9 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+from transformers import ModernBertForMaskedLM  # noqa: E402
 
-from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
+from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
 from spanish_moe_bert.data import MaskingCollator, local_documents, tokenize_stream  # noqa: E402
 
 
@@ -49,67 +49,90 @@ def train_steps(model, optimizer, batches) -> float:
     return time.perf_counter() - start
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_config", default=str(harness.REPO / "configs" / "mini.json"))
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per model per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="tiny run: 2 rounds of 2 steps at batch 4")
-    parser.add_argument("--output", help="results JSON (default benchmarks/results/bench_train[_quick].json)")
-    args = parser.parse_args()
-    if args.quick:
-        args.batch_size, args.steps, args.rounds, args.warmup = 4, 2, 2, 1
+MODES = {  # config, layers (None: as in the file), sequence length, batch size
+    "mini": ("mini.json", None, 128, 16),
+    "published widths": ("large.json", 4, 512, 4),
+}
 
-    torch.manual_seed(0)
-    tokenizer = harness.train_tokenizer(8000)
-    config = SpanishMoEBertConfig.from_json_file(args.model_config)
-    config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
-    batches = training_batches(tokenizer, args.seq_len, args.batch_size, args.warmup + args.steps)
 
+def measure(mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: bool) -> dict:
+    config_name, layers, seq_len, batch_size = MODES[mode]
+    if quick:
+        batch_size = 2
+    overrides = {"num_hidden_layers": layers} if layers else {}
+    config = harness.our_config(harness.REPO / "configs" / config_name, tokenizer, **overrides)
+    batches = training_batches(tokenizer, seq_len, batch_size, warmup + steps)
+    factories = {
+        "moe": lambda: SpanishMoEBertForMaskedLM(config),
+        "dense twin": lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
+        "modernbert": lambda: ModernBertForMaskedLM(harness.modernbert_config(config, tokenizer)),
+    }
     runs = {}
-    for name, model_config in (("moe", config), ("dense twin", config.dense_twin())):
-        model = SpanishMoEBertForMaskedLM(model_config).train()
+    for name, factory in factories.items():
+        torch.manual_seed(0)
+        model = factory().train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        train_steps(model, optimizer, batches[: args.warmup])
+        train_steps(model, optimizer, batches[:warmup])
         runs[name] = {"model": model, "optimizer": optimizer, "round_seconds": []}
-    for _ in range(args.rounds):  # alternate, so drift in machine speed affects both
+    for _ in range(rounds):  # alternate, so drift in machine speed affects all
         for run in runs.values():
-            run["round_seconds"].append(train_steps(run["model"], run["optimizer"], batches[args.warmup :]))
+            run["round_seconds"].append(train_steps(run["model"], run["optimizer"], batches[warmup:]))
 
     # The median round: robust to other processes stealing the CPU for a while.
-    tokens_per_round = args.steps * args.batch_size * args.seq_len
+    tokens_per_round = steps * batch_size * seq_len
     results = {
         name: {
             "total_parameters": run["model"].num_parameters(),
-            "active_parameters": run["model"].num_active_parameters(),
+            "active_parameters": harness.active_parameters(run["model"]),
             "tokens_per_second": tokens_per_round / statistics.median(run["round_seconds"]),
             "round_seconds": run["round_seconds"],
         }
         for name, run in runs.items()
     }
     for result in results.values():
-        result["relative_to_dense"] = result["tokens_per_second"] / results["dense twin"]["tokens_per_second"]
+        result["vs_modernbert"] = result["tokens_per_second"] / results["modernbert"]["tokens_per_second"]
+        result["vs_dense_twin"] = result["tokens_per_second"] / results["dense twin"]["tokens_per_second"]
+    shape = (f"{config_name}: H {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_experts} "
+             f"experts x {config.moe_intermediate_size} top-{config.num_experts_per_tok}")  # fmt: skip
+    return {"shape": shape, "seq_len": seq_len, "batch_size": batch_size, "results": results}
 
-    print(f"\nTraining throughput, {Path(args.model_config).name}, CPU ({torch.get_num_threads()} threads), "
-          f"batch {args.batch_size} x {args.seq_len} tokens, median of {args.rounds} rounds of {args.steps} steps, "
-          f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
-    print("| model | total params | active params | tokens/s | vs dense twin |")
-    print("|---|---:|---:|---:|---:|")
-    for name, r in results.items():
-        print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
-              f"{r['tokens_per_second']:,.0f} | {r['relative_to_dense']:.2f}x |")  # fmt: skip
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per model per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny run: batch 2, 2 rounds of 2 steps")
+    parser.add_argument("--output", help="results JSON (default benchmarks/results/bench_train[_quick].json)")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds, args.warmup = 2, 2, 1
+    keep_freed_memory()
+
+    tokenizer = harness.train_tokenizer(8000)
+    report = {mode: measure(mode, tokenizer, args.steps, args.rounds, args.warmup, args.quick) for mode in args.modes}
+    for mode, r in report.items():
+        print(f"\nTraining throughput, {r['shape']}; batch {r['batch_size']} x {r['seq_len']} tokens, median of "
+              f"{args.rounds} rounds of {args.steps} steps; {harness.machine_line()}\n")  # fmt: skip
+        print("| model | total params | active params | tokens/s | vs ModernBERT | vs dense twin |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, m in r["results"].items():
+            print(f"| {name} | {m['total_parameters'] / 1e6:.2f}M | {m['active_parameters'] / 1e6:.2f}M | "
+                  f"{m['tokens_per_second']:,.0f} | {m['vs_modernbert']:.2f}x | {m['vs_dense_twin']:.2f}x |")
 
     output = Path(args.output or harness.RESULTS / f"bench_train{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({
-        "benchmark": "bench_train", "model_config": Path(args.model_config).name, "quick": args.quick,
-        "device": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "seq_len": args.seq_len,
-        "batch_size": args.batch_size, "rounds": args.rounds, "steps_per_round": args.steps, "results": results,
-    }, indent=2) + "\n")  # fmt: skip
+    payload = {
+        "benchmark": "bench_train",
+        "quick": args.quick,
+        "machine": harness.machine(),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "allocator": "freed memory kept (spanish_moe_bert.cpu)",
+        "modes": report,
+    }
+    output.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {output}")
 
 

@@ -78,6 +78,7 @@ def modernbert_config(config: SpanishMoEBertConfig, tokenizer) -> ModernBertConf
         sep_token_id=tokenizer.sep_token_id,
         bos_token_id=tokenizer.cls_token_id,
         eos_token_id=tokenizer.sep_token_id,
+        sparse_prediction=True,  # the MLM head only at masked positions, as ours does
     )
 
 
