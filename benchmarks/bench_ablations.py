@@ -1,22 +1,25 @@
 #!/usr/bin/env python
-"""Architecture ablations of our MoE encoder on the quality harness: one table, one budget.
+"""Recipe and architecture levers of our MoE encoder on the quality harness: one table, one budget.
 
-Each variant changes one thing of the base config (DyT, attention pattern mha/gqa/gqa/mla, 8 experts, top-2):
-  norm            DyT vs LayerNorm vs RMSNorm
-  attention       all-MHA vs all-GQA vs all-MLA vs the default mix
-  top-k           1 / 2 / 4 experts per token (changes the active parameters: that is the trade-off measured)
-  experts         8 vs 32 (same active parameters, 4x the expert parameters)
-  recipe          what makes DyT train, each removed in turn: the automatic alpha init (instead the DyT
-                  paper's LLaMA-7B values 0.8 / 0.2), the embedding multiplier (1.0 instead of sqrt(hidden_size);
-                  alpha follows it) and the unigram init of the output bias
+Each variant changes one thing of the base (mini shapes: DyT, attention mha/gqa/gqa/mla, 8 experts of 128, top-2,
+masking 15%, linear schedule, lr 1e-3); the dense twin is the bar a lever must clear at this budget:
+  masking     30% of tokens masked in training (evaluated at 15%, as every variant)
+  schedule    warmup-stable-decay instead of linear decay
+  peak lr     2e-3 and 5e-4
+  router      top-1; load-balancing coefficient 0.001 and 0.1; balancing without a loss (a per-expert selection
+              bias, DeepSeek-V3) ; one shared expert + top-1 routed (DeepSeekMoE; same active parameters)
+  placement   MoE in every other layer, a dense SwiGLU of the same active width in between
+  upcycling   the dense twin for the first half of the steps, then upcycled into the MoE (spanish_moe_bert/upcycling)
+and, with `--groups`, the earlier architecture groups:
+  norm        LayerNorm, RMSNorm      attention   all MHA / GQA / MLA      experts   32 of the same width
+  dyt recipe  the DyT paper's alpha 0.8 / 0.2; embedding multiplier 1; output bias at zero
 
-All variants train with the same tokenizer, pre-masked batches, order, tokens and optimizer as bench_quality
-(the shared loop in harness.py, models in turn so machine noise hits all alike) and are scored on the same
-held-out masked set.
+All variants train with the same tokenizer, pre-masked batches, order, tokens and optimizer (the shared loop in
+harness.py, models in turn so machine noise hits all alike) and are scored on the same held-out documents.
 
     python benchmarks/bench_ablations.py --quick   # tiny config, 24 steps of 16 x 64 tokens per variant
-    python benchmarks/bench_ablations.py           # tiny config, 450 steps of 16 x 128 tokens per variant on the
-                                                   # shared 9.5 MB corpus when present (about 15 minutes)
+    python benchmarks/bench_ablations.py           # mini config, 1,200 steps of 16 x 128 tokens per variant on
+                                                   # the shared corpus when present (about 1.5 hours on 2 cores)
 
 Writes benchmarks/results/bench_ablations[_quick].json.
 """
@@ -30,86 +33,133 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 
+from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
+from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
+from spanish_moe_bert.upcycling import upcycle  # noqa: E402
 
-VARIANTS = {  # name -> (group, config overrides)
-    "default (dyt, mix, 8e top-2)": ("base", {}),
-    "layernorm": ("norm", {"norm_type": "layernorm"}),
-    "rmsnorm": ("norm", {"norm_type": "rmsnorm"}),
-    "all mha": ("attention", {"attention_pattern": ["mha"]}),
-    "all gqa": ("attention", {"attention_pattern": ["gqa"]}),
-    "all mla": ("attention", {"attention_pattern": ["mla"]}),
-    "top-1": ("top-k", {"num_experts_per_tok": 1}),
-    "top-4": ("top-k", {"num_experts_per_tok": 4}),
-    "32 experts": ("experts", {"num_experts": 32}),
-    "dyt alpha 0.8 / 0.2": ("recipe", {"dyt_alpha_init_attention": 0.8, "dyt_alpha_init_ffn": 0.2}),
-    "embedding multiplier 1": ("recipe", {"embedding_multiplier": 1.0}),
-    "output bias at zero": ("recipe", {}),
+# name -> (group, config overrides, Contender options); "mask 30%" and "upcycled" get their batches / model below
+VARIANTS = {
+    "base (mini: 8 experts top-2)": ("base", {}, {}),
+    "dense twin": ("base", {"dense": True}, {}),
+    "mask 30% in training": ("masking", {}, {"mask_probability": 0.3}),
+    "warmup-stable-decay": ("schedule", {}, {"schedule": "wsd"}),
+    "lr 2e-3": ("peak lr", {}, {"lr": 2e-3}),
+    "lr 5e-4": ("peak lr", {}, {"lr": 5e-4}),
+    "top-1": ("router", {"num_experts_per_tok": 1}, {}),
+    "aux coef 0.001": ("router", {"router_aux_loss_coef": 0.001}, {}),
+    "aux coef 0.1": ("router", {"router_aux_loss_coef": 0.1}, {}),
+    "loss-free balancing": ("router", {"router_aux_loss_coef": 0.0, "router_bias_update_rate": 1e-3}, {}),
+    "shared expert + top-1": ("router", {"num_shared_experts": 1, "num_experts_per_tok": 1}, {}),
+    "MoE every other layer": ("placement", {"alternate": True}, {}),
+    "upcycled at 50%": ("upcycling", {}, {"upcycle_at": 0.5}),
+    "layernorm": ("norm", {"norm_type": "layernorm"}, {}),
+    "rmsnorm": ("norm", {"norm_type": "rmsnorm"}, {}),
+    "all mha": ("attention", {"attention_pattern": ["mha"]}, {}),
+    "all gqa": ("attention", {"attention_pattern": ["gqa"]}, {}),
+    "all mla": ("attention", {"attention_pattern": ["mla"]}, {}),
+    "32 experts": ("experts", {"num_experts": 32}, {}),
+    "dyt alpha 0.8 / 0.2": ("dyt recipe", {"dyt_alpha_init_attention": 0.8, "dyt_alpha_init_ffn": 0.2}, {}),
+    "embedding multiplier 1": ("dyt recipe", {"embedding_multiplier": 1.0}, {}),
+    "output bias at zero": ("dyt recipe", {}, {"output_prior": False}),
 }
-WITHOUT_OUTPUT_PRIOR = ("output bias at zero",)
+LEVERS = ("base", "masking", "schedule", "peak lr", "router", "placement", "upcycling")
 MODES = {  # config, seq_len, batch, steps, eval_every
     "quick": ("tiny.json", 64, 16, 24, 12),
-    "full": ("tiny.json", 128, 16, 450, 150),  # 13 variants: tiny shapes keep it near 15 minutes on 2 cores
+    "full": ("mini.json", 128, 16, 1200, 200),
 }
+
+
+def build_config(config_path, tokenizer, seq_len: int, overrides: dict):
+    overrides = dict(overrides)
+    dense, alternate = overrides.pop("dense", False), overrides.pop("alternate", False)
+    config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128), **overrides)
+    if dense:
+        return config.dense_twin()
+    if alternate:  # sparse, dense, sparse, ...: the dense layers as wide as the active experts (same FLOPs)
+        kinds = ["sparse" if i % 2 == 0 else "dense" for i in range(config.num_hidden_layers)]
+        config = SpanishMoEBertConfig.from_dict(
+            config.to_dict() | {"mlp_layer_types": kinds, "intermediate_size": config.active_intermediate_size}
+        )
+    return config
+
+
+def contenders(names, config_path, tokenizer, seq_len, batch_size, corpus, seed) -> dict:
+    result = {}
+    for name in names:
+        _, overrides, options = VARIANTS[name]
+        options = dict(options)
+        config = build_config(config_path, tokenizer, seq_len, overrides)
+        if "mask_probability" in options:
+            rate = options.pop("mask_probability")
+            options["batches"], _ = harness.mlm_data(
+                tokenizer, seq_len, batch_size, seed=seed, corpus=corpus, mask_probability=rate
+            )
+        if "upcycle_at" in options:  # trains the dense twin, then continues as the MoE started from it
+            options["upcycle"] = lambda dense, c=config: upcycle(dense, c)
+            dense = config.dense_twin()
+            result[name] = harness.Contender(build=lambda c=dense: SpanishMoEBertForMaskedLM(c), **options)
+            continue
+        result[name] = harness.Contender(build=lambda c=config: SpanishMoEBertForMaskedLM(c), **options)
+    return result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny config, 24 steps of 16 x 64 tokens")
-    parser.add_argument("--model_config", help="base config JSON (default: tiny)")
+    parser.add_argument("--groups", nargs="+", default=list(LEVERS), help=f"default: {' '.join(LEVERS)}")
+    parser.add_argument("--model_config", help="base config JSON (default: tiny in --quick, else mini)")
     parser.add_argument("--seq_len", type=int)
     parser.add_argument("--batch_size", type=int)
     parser.add_argument("--steps", type=int, help="optimizer steps per variant")
     parser.add_argument("--eval_every", type=int)
-    parser.add_argument("--eval_batches", type=int, default=8)
+    parser.add_argument("--eval_batches", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument(
-        "--corpus", type=Path, help="text corpus (default: bundled in --quick, else ../shared's when present)"
-    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="results JSON (default benchmarks/results/bench_ablations[_quick].json)")
     args = parser.parse_args()
+    unknown = sorted(set(args.groups) - {group for group, _, _ in VARIANTS.values()})
+    if unknown:
+        parser.error(f"unknown groups {unknown}")
     config_name, seq_len, batch_size, steps, eval_every = MODES["quick" if args.quick else "full"]
     config_path = args.model_config or harness.REPO / "configs" / config_name
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
     steps, eval_every = args.steps or steps, args.eval_every or eval_every
+    keep_freed_memory()
 
     corpus = args.corpus or harness.default_corpus(args.quick)
     tokenizer = harness.train_tokenizer(8000, corpus)
-    batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size, corpus=corpus)
+    batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size, seed=args.seed, corpus=corpus)
     eval_batches = eval_batches[: args.eval_batches]
-    configs = {
-        name: harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128), **overrides)
-        for name, (_, overrides) in VARIANTS.items()
-    }
-    factories = {name: (lambda c=c: SpanishMoEBertForMaskedLM(c)) for name, c in configs.items()}
+    names = [name for name, (group, _, _) in VARIANTS.items() if group in args.groups]
     results = harness.train_side_by_side(
-        factories, batches, eval_batches, steps=steps, eval_every=eval_every, lr=args.lr,
-        without_output_prior=WITHOUT_OUTPUT_PRIOR,
-    )
+        contenders(names, config_path, tokenizer, seq_len, batch_size, corpus, args.seed), batches, eval_batches,
+        steps=steps, eval_every=eval_every, lr=args.lr, seed=args.seed,
+    )  # fmt: skip
 
     tokens = steps * batch_size * seq_len
-    base = results[next(iter(VARIANTS))]["final"]
+    base = results[names[0]]["final"]
     print(f"\nAblations: {Path(config_path).name} base, {steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens "
           f"per variant, {len(batches)} distinct batches of {corpus.name}; {harness.machine_line()}\n")  # fmt: skip
-    print("| group | variant | total params | active params | held-out loss | vs default | masked acc "
-          "| train tokens/s |")  # fmt: skip
+    print("| group | variant | active params | held-out loss | vs base | train loss | masked acc | train tokens/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         f = r["final"]
-        print(f"| {VARIANTS[name][0]} | {name} | {r['total_parameters'] / 1e6:.2f}M | "
-              f"{r['active_parameters'] / 1e6:.2f}M | {f['eval_loss']:.3f} | "
-              f"{100 * (f['eval_loss'] / base['eval_loss'] - 1):+.1f}% | "
+        print(f"| {VARIANTS[name][0]} | {name} | {r['active_parameters'] / 1e6:.2f}M | {f['eval_loss']:.3f} | "
+              f"{100 * (f['eval_loss'] / base['eval_loss'] - 1):+.1f}% | {f['train_loss']:.3f} | "
               f"{f['eval_accuracy']:.3f} | {r['tokens_per_second']:,.0f} |")  # fmt: skip
 
     output = Path(args.output or harness.RESULTS / f"bench_ablations{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({
+    payload = {
         "benchmark": "bench_ablations", "quick": args.quick, "model_config": Path(config_path).name,
-        "corpus": corpus.name, "distinct_training_batches": len(batches), "seq_len": seq_len,
+        "corpus": corpus.name, "distinct_training_batches": len(batches), "seq_len": seq_len, "seed": args.seed,
         "batch_size": batch_size, "steps": steps, "tokens_per_variant": tokens, "lr": args.lr,
-        "variants": {name: {"group": g, "overrides": o} for name, (g, o) in VARIANTS.items()},
+        "variants": {n: dict(zip(("group", "overrides", "options"), VARIANTS[n])) for n in names},
         "machine": harness.machine(), "results": results,
-    }, indent=2) + "\n")  # fmt: skip
+    }  # fmt: skip
+    output.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {output}")
 
 

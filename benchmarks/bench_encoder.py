@@ -97,6 +97,9 @@ class OnnxRuntimeEncoder:
         write_onnx(model, folder / "model.onnx")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # Idle onnxruntime threads spin-wait by default, which would slow the PyTorch model timed next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, ["CPUExecutionProvider"])
 
     def __call__(self, input_ids, attention_mask):

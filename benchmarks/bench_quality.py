@@ -1,26 +1,31 @@
 #!/usr/bin/env python
-"""Quality at equal compute: held-out MLM loss and masked-token accuracy of four encoders trained side by side.
+"""Quality at equal compute: held-out MLM loss of four encoders trained side by side, over several seeds.
 
 Contenders, all at the shapes of one of our configs (hidden size, layers, heads, vocabulary, positions):
   moe          SpanishMoEBertForMaskedLM (sparse MoE, DyT, MHA/GQA/MLA mix)
   dense twin   the same model with one SwiGLU per layer as wide as the experts active per token
   modernbert   transformers' ModernBertForMaskedLM, GLU width = our active FFN width
   bert         transformers' BertForMaskedLM, MLP width 1.5x (same active FFN parameters)
+  moe (upcycled)  with --upcycle_at F: the dense twin for a share F of the steps, then upcycled into the MoE
 
-Same tokenizer (8k BPE on the benchmark's corpus), same pre-masked batches in the same order, same sequence
-length, tokens seen, AdamW settings, warmup/decay schedule and clipping, one shared loop (harness.py) that
-trains the models one step each in turn so machine noise hits all alike. The held-out set is
-every 20th paragraph, masked once.
+Equal compute two ways: the same tokens (all four spend the same FLOPs per token on their feed-forwards: the
+held-out loss at the last step) and the same wall-clock on this machine (each model's loss, interpolated on its
+curve, at the time the fastest one finished). Same tokenizer (8k BPE on the benchmark's corpus), same pre-masked
+batches in the same order, AdamW settings, schedule and clipping, one shared loop (harness.py) that trains the
+models one step each in turn so machine noise hits all alike. Each seed draws another initialisation, data order
+and masking; differences within the spread over seeds are ties. Held-out: 5% of the corpus's documents (by
+hash), masked once at 15%.
 
-    python benchmarks/bench_quality.py --quick   # tiny config, a couple of minutes on 2 cores
-    python benchmarks/bench_quality.py           # mini config, 900 steps x 16 x 128 on the shared 9.5 MB corpus
-                                                 # when present (about 40 minutes on 2 idle cores)
+    python benchmarks/bench_quality.py --quick   # tiny config, one seed, a couple of minutes on 2 cores
+    python benchmarks/bench_quality.py           # mini config, 3,000 steps x 16 x 128 per model and seed, 2 seeds,
+                                                 # on the shared 9.5 MB corpus when present (hours on 2 cores)
 
-Writes benchmarks/results/bench_quality[_quick].json and .png (loss/accuracy vs tokens and vs wall time).
+Writes benchmarks/results/bench_quality[_quick].json and .png (held-out loss against tokens and wall time).
 """
 
 import argparse
 import json
+import statistics
 import sys
 import textwrap
 from pathlib import Path
@@ -31,103 +36,163 @@ import harness  # noqa: E402
 from transformers import BertForMaskedLM, ModernBertForMaskedLM  # noqa: E402
 
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
+from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
+from spanish_moe_bert.upcycling import upcycle  # noqa: E402
 
-MODES = {  # config, seq_len, batch, steps, eval_every
-    "quick": ("tiny.json", 64, 16, 40, 10),
-    "full": ("mini.json", 128, 16, 900, 100),
+MODES = {  # config, seq_len, batch, steps, eval_every, seeds
+    "quick": ("tiny.json", 64, 16, 40, 10, [0]),
+    "full": ("mini.json", 128, 16, 3000, 250, [0, 1]),
 }
 
 
-def contenders(config, tokenizer) -> dict:
-    return {
+def contenders(config, tokenizer, upcycle_at: float | None, schedule: str) -> dict:
+    builders = {
         "moe": lambda: SpanishMoEBertForMaskedLM(config),
         "dense twin": lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
         "modernbert": lambda: ModernBertForMaskedLM(harness.modernbert_config(config, tokenizer)),
         "bert": lambda: BertForMaskedLM(harness.bert_config(config, tokenizer)),
     }
+    models = {name: harness.Contender(build=build, schedule=schedule) for name, build in builders.items()}
+    if upcycle_at is not None:
+        models["moe (upcycled)"] = harness.Contender(
+            build=lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
+            schedule=schedule,
+            upcycle_at=upcycle_at,
+            upcycle=lambda dense: upcycle(dense, config),
+        )
+    return models
 
 
-def plot(results: dict, title: str, path: Path) -> None:
+def summarize(runs: dict[int, dict], reference: str = "modernbert") -> dict:
+    """Per model over seeds: final held-out loss (equal tokens) and loss at equal wall-clock, mean and spread."""
+    summary = {}
+    for name in next(iter(runs.values())):
+        finals = [run[name]["final"]["eval_loss"] for run in runs.values()]
+        at_time = []
+        for run in runs.values():  # the wall time at which the fastest model of this seed finished
+            deadline = min(r["train_seconds"] for r in run.values())
+            at_time.append(harness.loss_at_seconds(run[name]["curve"], deadline))
+        summary[name] = {
+            "loss_equal_tokens": statistics.mean(finals),
+            "spread_equal_tokens": max(finals) - min(finals),
+            "loss_equal_time": statistics.mean(at_time),
+            "spread_equal_time": max(at_time) - min(at_time),
+            "train_loss": statistics.mean(run[name]["final"]["train_loss"] for run in runs.values()),
+            "accuracy": statistics.mean(run[name]["final"]["eval_accuracy"] for run in runs.values()),
+            "tokens_per_second": statistics.mean(run[name]["tokens_per_second"] for run in runs.values()),
+            "active_parameters": next(iter(runs.values()))[name]["active_parameters"],
+            "total_parameters": next(iter(runs.values()))[name]["total_parameters"],
+        }
+    ref = summary[reference]
+    for s in summary.values():
+        s["vs_reference_equal_tokens"] = s["loss_equal_tokens"] / ref["loss_equal_tokens"] - 1
+        s["vs_reference_equal_time"] = s["loss_equal_time"] / ref["loss_equal_time"] - 1
+    return summary
+
+
+def print_table(summary: dict, seeds: int) -> None:
+    print(f"| model | total params | active params | held-out loss, equal tokens (spread of {seeds}) | vs ModernBERT "
+          "| held-out loss, equal wall-clock (spread) | vs ModernBERT | train loss | masked acc | train tokens/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, s in summary.items():
+        tokens = f"{s['loss_equal_tokens']:.3f} ({s['spread_equal_tokens']:.3f})"
+        time = f"{s['loss_equal_time']:.3f} ({s['spread_equal_time']:.3f})"
+        print(f"| {name} | {s['total_parameters'] / 1e6:.2f}M | {s['active_parameters'] / 1e6:.2f}M | "
+              f"{tokens} | {100 * s['vs_reference_equal_tokens']:+.1f}% | {time} | "
+              f"{100 * s['vs_reference_equal_time']:+.1f}% | {s['train_loss']:.3f} | {s['accuracy']:.3f} | "
+              f"{s['tokens_per_second']:,.0f} |")  # fmt: skip
+
+
+def plot(runs: dict[int, dict], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    for name, result in results.items():
-        curve = result["curve"]
-        for row, metric in enumerate(("eval_loss", "eval_accuracy")):
-            for col, x in enumerate(("tokens", "seconds")):
-                axes[row][col].plot([p[x] for p in curve], [p[metric] for p in curve], marker=".", label=name)
-                axes[row][col].set_xlabel("tokens seen" if x == "tokens" else "training wall time (s)")
-                axes[row][col].set_ylabel("held-out MLM loss" if metric == "eval_loss" else "masked-token accuracy")
-    axes[0][0].legend()
-    fig.suptitle("\n".join(textwrap.wrap(title, 140)), fontsize=9)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    colors = {}
+    for seed, results in runs.items():
+        for name, result in results.items():
+            curve = result["curve"][1:]  # the initial evaluation sits far above the rest
+            style = "-" if seed == next(iter(runs)) else "--"
+            line = axes[0].plot([p["tokens"] for p in curve], [p["eval_loss"] for p in curve], style,
+                                color=colors.get(name), label=name if style == "-" else None)  # fmt: skip
+            colors[name] = line[0].get_color()
+            axes[0].plot([p["tokens"] for p in curve], [p["train_loss"] for p in curve], ":", color=colors[name])
+            axes[1].plot([p["seconds"] for p in curve], [p["eval_loss"] for p in curve], style, color=colors[name])
+    axes[0].set_xlabel("tokens seen (dotted: training loss)")
+    axes[1].set_xlabel("training wall time on this machine (s)")
+    for ax in axes:
+        ax.set_ylabel("held-out MLM loss")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("\n".join(textwrap.wrap(title + " Solid and dashed: two seeds.", 160)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def print_table(results: dict, reference: str = "modernbert") -> None:
-    ref = results[reference]["final"]["eval_loss"]
-    print("| model | total params | active params | held-out loss | vs ModernBERT | masked acc | train tokens/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        f = r["final"]
-        print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
-              f"{f['eval_loss']:.3f} | {100 * (f['eval_loss'] / ref - 1):+.1f}% | {f['eval_accuracy']:.3f} | "
-              f"{r['tokens_per_second']:,.0f} |")  # fmt: skip
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny config, 40 steps of 16 x 64 tokens")
+    parser.add_argument("--quick", action="store_true", help="tiny config, 40 steps of 16 x 64 tokens, one seed")
     parser.add_argument("--model_config", help="our config JSON (default: tiny in --quick, else mini)")
+    parser.add_argument("--config_overrides", default="", help="e.g. 'router_aux_loss_coef=0.001' (our models)")
     parser.add_argument("--seq_len", type=int)
     parser.add_argument("--batch_size", type=int)
     parser.add_argument("--steps", type=int, help="optimizer steps per model (tokens seen = steps x batch x seq_len)")
     parser.add_argument("--eval_every", type=int)
-    parser.add_argument("--eval_batches", type=int, default=8, help="held-out batches per evaluation")
+    parser.add_argument("--eval_batches", type=int, default=16, help="held-out batches per evaluation")
+    parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument(
-        "--corpus", type=Path, help="text corpus (default: bundled in --quick, else ../shared's when present)"
-    )
-    parser.add_argument("--norm_type", choices=["dyt", "layernorm", "rmsnorm"], help="override our models' norm_type")
-    parser.add_argument(
-        "--output", help="results path without extension (default benchmarks/results/bench_quality[_quick])"
-    )
+    parser.add_argument("--schedule", choices=("linear", "wsd"), default="linear", help="learning-rate schedule")
+    parser.add_argument("--mask_probability", type=float, default=0.15, help="training masking rate (eval: 15%%)")
+    parser.add_argument("--upcycle_at", type=float, help="also train an upcycled MoE (dense for this share of steps)")
+    parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
+    parser.add_argument("--output", help="path without extension (default benchmarks/results/bench_quality[_quick])")
     args = parser.parse_args()
-    config_name, seq_len, batch_size, steps, eval_every = MODES["quick" if args.quick else "full"]
+    config_name, seq_len, batch_size, steps, eval_every, seeds = MODES["quick" if args.quick else "full"]
     config_path = args.model_config or harness.REPO / "configs" / config_name
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
-    steps, eval_every = args.steps or steps, args.eval_every or eval_every
+    steps, eval_every, seeds = args.steps or steps, args.eval_every or eval_every, args.seeds or seeds
+    keep_freed_memory()
 
     corpus = args.corpus or harness.default_corpus(args.quick)
     tokenizer = harness.train_tokenizer(8000, corpus)
-    overrides = {"norm_type": args.norm_type} if args.norm_type else {}
-    config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128), **overrides)
-    batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size, corpus=corpus)
-    eval_batches = eval_batches[: args.eval_batches]
-    results = harness.train_side_by_side(
-        contenders(config, tokenizer), batches, eval_batches, steps=steps, eval_every=eval_every, lr=args.lr
-    )
+    config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128))
+    if args.config_overrides:
+        config.update_from_string(args.config_overrides)
+        config.validate_architecture()
+    runs = {}
+    for seed in seeds:
+        batches, eval_batches = harness.mlm_data(
+            tokenizer, seq_len, batch_size, seed=seed, corpus=corpus, mask_probability=args.mask_probability
+        )
+        runs[seed] = harness.train_side_by_side(
+            contenders(config, tokenizer, args.upcycle_at, args.schedule), batches, eval_batches[: args.eval_batches],
+            steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
+        )  # fmt: skip
 
     tokens = steps * batch_size * seq_len
-    title = (f"Quality at equal compute: {Path(config_path).name} shapes (ours with {config.norm_type}), "
-             f"{steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens per model, {len(batches)} distinct "
-             f"batches of {corpus.name}; {harness.machine_line()}")  # fmt: skip
+    shapes = Path(config_path).name + (f" + {args.config_overrides}" if args.config_overrides else "")
+    shapes += f", masking {args.mask_probability:.0%}, {args.schedule} schedule, lr {args.lr:g}"
+    title = (f"Quality at equal compute: {shapes} shapes, {steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens "
+             f"per model and seed ({len(batches)} distinct batches of {corpus.name}), seeds {seeds}; "
+             f"{harness.machine_line()}.")  # fmt: skip
+    summary = summarize(runs)
     print(f"\n{title}\n")
-    print_table(results)
+    print_table(summary, len(seeds))
     output = Path(args.output or harness.RESULTS / f"bench_quality{'_quick' if args.quick else ''}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    plot(results, title, output.with_suffix(".png"))
-    output.with_suffix(".json").write_text(json.dumps({
+    plot(runs, title, output.with_suffix(".png"))
+    payload = {
         "benchmark": "bench_quality", "quick": args.quick, "model_config": Path(config_path).name,
-        "corpus": corpus.name, "norm_type": config.norm_type, "seq_len": seq_len, "batch_size": batch_size,
-        "steps": steps, "tokens_per_model": tokens, "distinct_training_batches": len(batches),
-        "eval_masked_batches": len(eval_batches), "lr": args.lr,
-        "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, linear decay, clip 1.0",
-        "machine": harness.machine(), "results": results,
-    }, indent=2) + "\n")  # fmt: skip
+        "config_overrides": args.config_overrides, "corpus": corpus.name, "seq_len": seq_len,
+        "batch_size": batch_size, "steps": steps, "tokens_per_model": tokens, "seeds": seeds,
+        "distinct_training_batches": len(batches), "eval_masked_batches": args.eval_batches, "lr": args.lr,
+        "upcycle_at": args.upcycle_at, "mask_probability": args.mask_probability, "schedule": args.schedule,
+        "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, clip 1.0",
+        "machine": harness.machine(), "summary": summary, "runs": {str(seed): run for seed, run in runs.items()},
+    }  # fmt: skip
+    output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
 
 

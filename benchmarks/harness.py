@@ -11,6 +11,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ from transformers import BertConfig, ModernBertConfig  # noqa: E402
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import log_unigram_prior  # noqa: E402
-from spanish_moe_bert.corpus import iter_texts  # noqa: E402
+from spanish_moe_bert.corpus import is_held_out, iter_texts  # noqa: E402
 from spanish_moe_bert.data import pack_documents  # noqa: E402
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
 
@@ -126,18 +128,31 @@ def mask_blocks(blocks: torch.Tensor, tokenizer, probability: float, generator: 
     return {"input_ids": inputs, "attention_mask": torch.ones_like(blocks), "labels": labels}
 
 
-def mlm_data(tokenizer, seq_len: int, batch_size: int, seed: int = 0, held_out_every: int = 20, corpus: Path = CORPUS):
-    """Training batches (paragraphs in a seeded random order, masked once) and a held-out set (every n-th paragraph)."""
-    texts = paragraphs(corpus)
-    held_out = [t for i, t in enumerate(texts) if i % held_out_every == 0]
-    train = [t for i, t in enumerate(texts) if i % held_out_every]
+def mlm_data(
+    tokenizer,
+    seq_len: int,
+    batch_size: int,
+    seed: int = 0,
+    corpus: Path = CORPUS,
+    mask_probability: float = 0.15,
+    held_out_fraction: float = 0.05,
+):
+    """Training batches and a held-out set, split by document (`corpus.is_held_out`: no document on both sides).
+
+    Training paragraphs come in a random order drawn from `seed` and are masked once at `mask_probability`; the
+    held-out blocks are masked once at 15% with a fixed generator, so every seed and masking rate is scored on the
+    same positions."""
+    documents = list(iter_texts(corpus))
+    held_out = [p for d in documents if is_held_out(d, held_out_fraction) for p in d.split("\n") if p.strip()]
+    train = [p for d in documents if not is_held_out(d, held_out_fraction) for p in d.split("\n") if p.strip()]
     generator = torch.Generator().manual_seed(seed)
     train = [train[i] for i in torch.randperm(len(train), generator=generator).tolist()]
     blocks = packed_blocks(train, tokenizer, seq_len)
     blocks = blocks[: len(blocks) // batch_size * batch_size]
-    batches = [mask_blocks(b, tokenizer, 0.15, generator) for b in blocks.split(batch_size)]
+    batches = [mask_blocks(b, tokenizer, mask_probability, generator) for b in blocks.split(batch_size)]
+    eval_generator = torch.Generator().manual_seed(0)
     eval_blocks = packed_blocks(held_out, tokenizer, seq_len)
-    eval_batches = [mask_blocks(b, tokenizer, 0.15, generator) for b in eval_blocks.split(batch_size)]
+    eval_batches = [mask_blocks(b, tokenizer, 0.15, eval_generator) for b in eval_blocks.split(batch_size)]
     return batches, eval_batches
 
 
@@ -164,9 +179,12 @@ def init_output_prior(model, counts: torch.Tensor) -> None:
     model.get_output_embeddings().bias.copy_(log_unigram_prior(counts))
 
 
-def training_loss(model, batch) -> torch.Tensor:
-    """The training objective: each model's own loss (ours adds its router losses to the MLM loss)."""
-    return model(**batch).loss
+def training_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training objective, each model's own loss (ours adds its router losses to the MLM loss), and the MLM
+    loss alone (what the training curve records, comparable to the held-out loss)."""
+    outputs = model(**batch)
+    mlm_loss = getattr(outputs, "mlm_loss", None)
+    return outputs.loss, outputs.loss if mlm_loss is None else mlm_loss
 
 
 @torch.inference_mode()
@@ -186,8 +204,33 @@ def evaluate(model, eval_batches) -> dict:
     return {"eval_loss": loss_sum / count, "eval_accuracy": correct / count}
 
 
+@dataclass
+class Contender:
+    """One model of a side-by-side run and how it trains; what is left at None follows the run's shared recipe."""
+
+    build: Callable[[], torch.nn.Module]
+    lr: float | None = None
+    schedule: str = "linear"  # or "wsd": warmup, constant, then linear decay over the last WSD_DECAY of the steps
+    batches: list[dict] | None = None  # e.g. the same blocks masked at another rate
+    output_prior: bool = True  # start the output bias at the unigram log prior
+    upcycle_at: float | None = None  # the built (dense) model becomes `upcycle(model)` after this share of the steps
+    upcycle: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+
+
+WSD_DECAY = 0.2
+
+
+def lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
+    """The learning rate at `step` as a share of the peak: linear warmup, then linear decay to 0 at `steps`
+    ("linear"), or constant until the last WSD_DECAY of the steps and linear decay to 0 there ("wsd")."""
+    if step < warmup:
+        return (step + 1) / warmup
+    decay = steps - warmup if schedule == "linear" else max(1, int(WSD_DECAY * steps))
+    return max(0.0, min(1.0, (steps - step) / decay))
+
+
 def train_side_by_side(
-    factories: dict,
+    contenders: dict,
     batches: list[dict],
     eval_batches: list[dict],
     steps: int,
@@ -196,48 +239,53 @@ def train_side_by_side(
     warmup_fraction: float = 0.1,
     weight_decay: float = 0.01,
     seed: int = 0,
-    without_output_prior: tuple[str, ...] = (),
     log=print,
 ) -> dict:
-    """Train every model on the same batches in the same order with the same AdamW + linear warmup/decay, one
-    step each in turn; evaluate all every `eval_every` steps. Wall time counts only each model's own steps.
-    Every model's output bias starts at the unigram log prior of the training labels, except those named in
-    `without_output_prior` (an ablation), which keep their own init."""
+    """Train every contender (a `Contender`, or just a model factory) one step each in turn, on its batches in the
+    same order, with AdamW, clipping at 1.0 and its schedule; evaluate all every `eval_every` steps. Wall time counts
+    only each model's own steps. The curves record held-out loss and accuracy, and the mean training MLM loss
+    since the previous evaluation (so that overfitting shows)."""
     runs, prior_counts = {}, None
-    for name, factory in factories.items():
+    warmup = max(1, int(steps * warmup_fraction))
+    for name, contender in contenders.items():
+        contender = contender if isinstance(contender, Contender) else Contender(build=contender)
         torch.manual_seed(seed)  # same init RNG stream for every contender
-        model = factory().train()
-        if name not in without_output_prior:
-            if prior_counts is None:  # one tokenizer, so one count for all
+        model = contender.build().train()
+        if contender.output_prior:
+            if prior_counts is None:  # one tokenizer and one set of labels, so one count for all
                 prior_counts = output_prior_counts(batches, model.config.vocab_size)
             init_output_prior(model, prior_counts)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-        warmup = max(1, int(steps * warmup_fraction))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
-        )
-        curve = [{"step": 0, "tokens": 0, "seconds": 0.0, **evaluate(model, eval_batches)}]
-        runs[name] = {"model": model, "optimizer": optimizer, "schedule": schedule, "curve": curve, "seconds": 0.0}
+        run = {"contender": contender, "model": model, "seconds": 0.0, "losses": [], "lr": contender.lr or lr}
+        run["optimizer"], run["schedule"] = optimizer_and_schedule(run, steps, warmup, weight_decay, start=0)
+        run["curve"] = [{"step": 0, "tokens": 0, "seconds": 0.0, **evaluate(model, eval_batches)}]
+        runs[name] = run
         log(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-            f"initial eval loss {curve[0]['eval_loss']:.3f}")  # fmt: skip
+            f"initial eval loss {run['curve'][0]['eval_loss']:.3f}")  # fmt: skip
 
     tokens_per_step = batches[0]["input_ids"].numel()
     for step in range(steps):
         for name, run in runs.items():  # one step each in turn: load from other processes hits all alike
-            model, optimizer, schedule = run["model"], run["optimizer"], run["schedule"]
+            contender = run["contender"]
             began = time.perf_counter()
-            run["loss"] = training_loss(model, batches[step % len(batches)])
-            run["loss"].backward()
+            if contender.upcycle_at is not None and step == int(contender.upcycle_at * steps):
+                run["model"] = contender.upcycle(run["model"]).train()
+                run["optimizer"], run["schedule"] = optimizer_and_schedule(run, steps, warmup, weight_decay, step)
+            model, optimizer = run["model"], run["optimizer"]
+            loss, mlm_loss = training_loss(model, (contender.batches or batches)[step % len(batches)])
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            schedule.step()
+            run["schedule"].step()
             optimizer.zero_grad(set_to_none=True)
             run["seconds"] += time.perf_counter() - began
+            run["losses"].append(mlm_loss.item())
         if (step + 1) % eval_every and step + 1 != steps:
             continue
         for name, run in runs.items():
+            train_loss = sum(run["losses"]) / len(run["losses"])
             point = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "seconds": run["seconds"],
-                     "train_loss": run["loss"].item()} | evaluate(run["model"], eval_batches)  # fmt: skip
+                     "train_loss": train_loss} | evaluate(run["model"], eval_batches)  # fmt: skip
+            run["losses"] = []
             run["curve"].append(point)
             log(f"step {step + 1:5d} {name:>12}: train {point['train_loss']:.3f}  eval {point['eval_loss']:.3f}  "
                 f"acc {point['eval_accuracy']:.3f}  {run['seconds']:.0f}s")  # fmt: skip
@@ -252,6 +300,23 @@ def train_side_by_side(
         }
         for name, run in runs.items()
     }
+
+
+def optimizer_and_schedule(run: dict, steps: int, warmup: int, weight_decay: float, start: int):
+    """AdamW for the run's model and its schedule, continuing from step `start` (a fresh model after upcycling)."""
+    optimizer = torch.optim.AdamW(run["model"].parameters(), lr=run["lr"], weight_decay=weight_decay, betas=(0.9, 0.98))
+    kind = run["contender"].schedule
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(kind, s + start, steps, warmup))
+    return optimizer, schedule
+
+
+def loss_at_seconds(curve: list[dict], seconds: float) -> float:
+    """Held-out loss at a wall-clock time, interpolated linearly between the evaluations around it."""
+    for before, after in zip(curve, curve[1:]):
+        if after["seconds"] >= seconds:
+            share = (seconds - before["seconds"]) / max(after["seconds"] - before["seconds"], 1e-9)
+            return before["eval_loss"] + share * (after["eval_loss"] - before["eval_loss"])
+    return curve[-1]["eval_loss"]
 
 
 def machine() -> dict:
