@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
@@ -528,8 +529,10 @@ class SpanishMoEBertRouter(nn.Module):
     """Softmax top-k router. Returns fp32 logits, the chosen experts and their (renormalised) weights.
 
     With `router_bias_update_rate > 0` it balances without an auxiliary loss, as DeepSeek-V3 does: a per-expert bias
-    is added to the probabilities when choosing the top-k (never to the weights), and every training forward moves
-    it by that rate towards equal load: up for experts below the mean load, down for those above.
+    is added to the probabilities when choosing the top-k (never to the weights). Training forwards record their
+    expert load; `update_bias` (called once per optimizer step, by `model.update_router_biases()`) moves the bias
+    by that rate towards equal load: up for experts below the mean load, down for those above. Not in the forward
+    itself: gradient checkpointing re-runs the forward during backward, which must route exactly as the first time.
     """
 
     def __init__(self, config: SpanishMoEBertConfig):
@@ -540,6 +543,7 @@ class SpanishMoEBertRouter(nn.Module):
         self.bias_update_rate = config.router_bias_update_rate
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.register_buffer("expert_bias", torch.zeros(config.num_experts), persistent=self.bias_update_rate > 0)
+        self.register_buffer("observed_load", torch.zeros(config.num_experts), persistent=False)  # last train forward
 
     def forward(self, x: torch.Tensor):
         if self.training and self.jitter_noise > 0:
@@ -556,9 +560,18 @@ class SpanishMoEBertRouter(nn.Module):
         return logits, probs, top_w, top_idx
 
     @torch.no_grad()
-    def update_bias(self, tokens_per_expert: torch.Tensor) -> None:
-        load = tokens_per_expert.float()
-        self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+    def observe_load(self, tokens_per_expert: torch.Tensor) -> None:
+        self.observed_load.copy_(tokens_per_expert)  # a copy, not a sum: a recomputed forward observes the same
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        load = self.observed_load
+        if dist.is_available() and dist.is_initialized():  # every process moves its bias by the global load
+            load = load.clone()
+            dist.all_reduce(load)
+        if load.sum() > 0:
+            self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+        self.observed_load.zero_()
 
 
 def _token_mean(values: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
@@ -621,7 +634,7 @@ class SpanishMoEBertSparseMoE(nn.Module):
         tokens_per_expert = counts.scatter_add_(0, slot_expert, torch.ones_like(slot_expert))[: self.num_experts]
 
         if self.training and self.router.bias_update_rate > 0:
-            self.router.update_bias(tokens_per_expert)
+            self.router.observe_load(tokens_per_expert)
 
         path = expert_path(x, tokens_per_expert, forced=self.forced_path)
         if path == "per_expert":
@@ -737,6 +750,7 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, SpanishMoEBertRouter):
             init.normal_(module.weight, mean=0.0, std=std)
             init.zeros_(module.expert_bias)
+            init.zeros_(module.observed_load)
         elif isinstance(module, DynamicTanh):
             init.constant_(module.alpha, module.alpha_init)
             init.ones_(module.weight)
@@ -747,6 +761,15 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, SpanishMoEBertRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
+
+    @torch.no_grad()
+    def update_router_biases(self) -> None:
+        """Auxiliary-loss-free balancing (`router_bias_update_rate > 0`): move every router's selection bias by the
+        expert load its last training forward saw. Call it once per optimizer step (`run_mlm.py` does, through
+        `RouterBiasCallback`); a no-op without loss-free balancing."""
+        for module in self.modules():
+            if isinstance(module, SpanishMoEBertRouter) and module.bias_update_rate > 0:
+                module.update_bias()
 
     def dyt_statistics(
         self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None

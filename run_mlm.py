@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
-from spanish_moe_bert.callbacks import DiskBudgetCallback, MaskingRateCallback, directory_bytes
+from spanish_moe_bert.callbacks import DiskBudgetCallback, MaskingRateCallback, RouterBiasCallback, directory_bytes
 from spanish_moe_bert.corpus import DEFAULT_DATASET, hub_documents
 from spanish_moe_bert.cpu import keep_freed_memory
 from spanish_moe_bert.data import (
@@ -336,8 +336,8 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         compute_metrics=mlm_metrics if eval_dataset is not None else None,
         preprocess_logits_for_metrics=logits_to_predictions if eval_dataset is not None else None,
         callbacks=[
-            StreamStateCallback(train_stream), MaskingRateCallback(data_args.mlm_probability), disk_budget,
-            *extra_callbacks,
+            StreamStateCallback(train_stream), MaskingRateCallback(data_args.mlm_probability), RouterBiasCallback(),
+            disk_budget, *extra_callbacks,
         ],
     )
     try:

@@ -275,6 +275,8 @@ def train_side_by_side(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if hasattr(model, "update_router_biases"):  # loss-free balancing: once per optimizer step
+                model.update_router_biases()
             run["schedule"].step()
             optimizer.zero_grad(set_to_none=True)
             run["seconds"] += time.perf_counter() - began

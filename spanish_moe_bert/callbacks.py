@@ -1,4 +1,5 @@
-"""Trainer callbacks of `run_mlm.py`: the disk budget, and the masking rate recorded for the model card."""
+"""Trainer callbacks of `run_mlm.py`: the disk budget, the masking rate recorded for the model card, and the
+routers' per-step bias update of auxiliary-loss-free balancing."""
 
 import logging
 import shutil
@@ -43,6 +44,16 @@ class MaskingRateCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         return {"args": {"mlm_probability": self.mlm_probability}, "attributes": {}}
+
+
+class RouterBiasCallback(TrainerCallback):
+    """Auxiliary-loss-free balancing (`router_bias_update_rate > 0`): after every optimizer step, each router's
+    selection bias moves by the expert load of the step (`model.update_router_biases()`)."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        update = getattr(model, "update_router_biases", None)
+        if update is not None:
+            update()
 
 
 def recorded_mlm_probability(trainer_state: dict | None) -> float | None:

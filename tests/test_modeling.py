@@ -294,7 +294,12 @@ def test_loss_free_balancing_moves_the_selection_bias_towards_equal_load():
     with torch.no_grad():  # expert 0's router row leans towards what all tokens share: it is overloaded
         moe.router.weight[0] += 0.2 * x[0].mean(0) / x[0].mean(0).norm() * hidden**0.5
     moe.train()
-    busiest = [moe(x)[1].expert_load.max().item() for _ in range(100)]
+    moe(x)
+    assert moe.router.expert_bias.abs().sum() == 0  # a forward only observes the load
+    busiest = []
+    for _ in range(100):  # one optimizer step each
+        busiest.append(moe(x)[1].expert_load.max().item())
+        moe.router.update_bias()
     assert busiest[0] > 0.22 and sum(busiest[-10:]) / 10 < 0.17  # 1/8 is perfect balance
     assert moe.router.expert_bias[0] < 0 and (moe.router.expert_bias[1:] > 0).all()
     _, _, top_w, top_idx = moe.router(x.reshape(64, -1))
@@ -404,6 +409,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(ids, labels=ids).loss.backward()
     for name, grad in reference.items():
         assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-6), name
+
+
+def test_loss_free_balancing_updates_once_per_step_and_routes_alike_under_gradient_checkpointing():
+    # the recomputed forward of gradient checkpointing must route as the first forward did: the bias moves only
+    # in update_router_biases (once per optimizer step), by the load of the step's forward
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMaskedLM(tiny_config(router_bias_update_rate=0.01, router_aux_loss_coef=0.0))
+    ids = batch()
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(ids, labels=ids).loss.backward()
+    for name, grad in reference.items():
+        assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-6), name
+    routers = [layer.mlp.router for layer in model.model.layers if hasattr(layer.mlp, "router")]
+    assert all(r.expert_bias.abs().sum() == 0 for r in routers)
+    load = routers[0].observed_load.clone()
+    model.update_router_biases()
+    assert torch.equal(routers[0].expert_bias, 0.01 * torch.sign(load.mean() - load))  # one step's move, not two
+    model.update_router_biases()  # no forward since: nothing observed, nothing moves
+    assert torch.equal(routers[0].expert_bias, 0.01 * torch.sign(load.mean() - load))
 
 
 def test_dyt_statistics_report_alpha_and_saturation():

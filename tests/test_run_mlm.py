@@ -137,7 +137,7 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     metrics = run_mlm.main(
         run_args(output_dir, tokenizer_dir, max_steps=6, save_steps=3, eval_strategy="steps", eval_steps=3,
                  report_to="tensorboard", do_eval="true", gradient_accumulation_steps=2,
-                 mlm_probability=0.2)  # fmt: skip
+                 mlm_probability=0.2, config_overrides="router_bias_update_rate=0.01")  # fmt: skip
     )
     for key in ("eval_loss", "eval_mlm_loss", "eval_accuracy", "eval_perplexity", "train_loss"):
         assert math.isfinite(metrics[key])
@@ -157,6 +157,9 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     model = SpanishMoEBertForMaskedLM.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
     assert model.config.vocab_size == len(tokenizer) == 512
+    # loss-free balancing moved each router's bias once per optimizer step (6, of 2 accumulated batches each)
+    bias = model.model.layers[0].mlp.router.expert_bias
+    assert bias.abs().sum() > 0 and bias.abs().max() <= 6 * 0.01 + 1e-6
     assert metrics["train_loss"] < math.log(512) + 1
     # ... and output_dir is the Hub export (spanish_moe_bert.export), with this run's metrics in the card.
     assert (output_dir / "modules.json").is_file() and (output_dir / "README.md").is_file()
