@@ -44,10 +44,11 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     MoE: `mlp_layer_types[i]` is `"sparse"` (router + `num_experts` SwiGLU experts of width
     `moe_intermediate_size`, `num_experts_per_tok` active) or `"dense"` (one SwiGLU of width
     `intermediate_size`). The router is a softmax top-k without token dropping, trained with the
-    Switch-Transformer load-balancing loss (`router_aux_loss_coef`) and the ST-MoE router z-loss
-    (`router_z_loss_coef`); `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training.
-    `router_bias_update_rate > 0` balances without a loss instead (DeepSeek-V3): a per-expert bias, used only to
-    choose the top-k, moves by that rate each training forward towards equal load. `num_shared_experts` adds one
+    ST-MoE router z-loss (`router_z_loss_coef`) and balanced by default without an auxiliary loss (DeepSeek-V3):
+    with `router_bias_update_rate > 0` a per-expert bias, used only to choose the top-k, moves by that rate after
+    each optimizer step towards equal load (`model.update_router_biases()`, which `run_mlm.py` calls). The
+    Switch-Transformer load-balancing loss (`router_aux_loss_coef`, 0 by default) can be used with it or instead;
+    `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training. `num_shared_experts` adds one
     always-active SwiGLU of `num_shared_experts * moe_intermediate_size` to every MoE layer (DeepSeekMoE).
     How the experts run is chosen per call from the device, dtype, autograd and compile state
     (`modeling_spanish_moe_bert.expert_path`); `moe_implementation` forces one of `MOE_IMPLEMENTATIONS` instead
@@ -97,10 +98,10 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     num_experts: int = 32
     num_experts_per_tok: int = 4
     norm_topk_prob: bool = True
-    router_aux_loss_coef: float = 0.01
+    router_aux_loss_coef: float = 0.0  # loss-free balancing (below) won in bench_ablations.py: -1.3% held-out loss
     router_z_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0
-    router_bias_update_rate: float = 0.0
+    router_bias_update_rate: float = 0.001
     num_shared_experts: int = 0
     moe_implementation: str | None = None
     hidden_act: str = "silu"

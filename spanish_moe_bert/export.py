@@ -242,6 +242,18 @@ def format_count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
 
+
+def router_training_text(config) -> str:
+    """How the routers were balanced, in the card's words: a per-expert bias and/or the Switch loss, and the z-loss."""
+    parts = []
+    if config.router_bias_update_rate > 0:
+        parts.append(f"experts balanced without an auxiliary loss (a per-expert selection bias moved by "
+                     f"{config.router_bias_update_rate:g} per step, as in DeepSeek-V3)")  # fmt: skip
+    if config.router_aux_loss_coef > 0:
+        parts.append(f"the router's load-balancing loss (coefficient {config.router_aux_loss_coef:g})")
+    parts.append(f"the router z-loss (coefficient {config.router_z_loss_coef:g})")
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
 def write_model_card(
     folder: Path,
     config: SpanishMoEBertConfig,
@@ -344,8 +356,7 @@ def write_model_card(
         expert_load_plot=EXPERT_LOAD_FILE,
         uniform_load=f"{1 / config.num_experts:.3f}",
         training_text=(
-            f"Masked language modelling ({mlm_percent}% of tokens) plus the router's load-balancing loss "
-            f"(coefficient {config.router_aux_loss_coef}) and z-loss (coefficient {config.router_z_loss_coef}), "
+            f"Masked language modelling ({mlm_percent}% of tokens), {router_training_text(config)}, "
             f"with the Hugging Face Trainer (`run_mlm.py`). Training data: {data_text}."
         ),
         loss_curve_plot=LOSS_CURVE_FILE if loss_curve else None,
