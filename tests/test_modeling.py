@@ -397,10 +397,7 @@ def test_bf16_autocast_training_step_on_cpu():
     assert model.model.layers[0].mlp.experts.gate_up_proj.grad.abs().sum() > 0
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    torch.manual_seed(0)
-    model = SpanishMoEBertForMaskedLM(tiny_config())
-    ids = batch()
+def assert_checkpointing_gives_the_same_gradients(model, ids):
     model.train()
     model(ids, labels=ids).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -409,6 +406,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(ids, labels=ids).loss.backward()
     for name, grad in reference.items():
         assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-6), name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    assert_checkpointing_gives_the_same_gradients(SpanishMoEBertForMaskedLM(tiny_config()), batch())
 
 
 def test_loss_free_balancing_updates_once_per_step_and_routes_alike_under_gradient_checkpointing():
@@ -416,15 +418,7 @@ def test_loss_free_balancing_updates_once_per_step_and_routes_alike_under_gradie
     # in update_router_biases (once per optimizer step), by the load of the step's forward
     torch.manual_seed(0)
     model = SpanishMoEBertForMaskedLM(tiny_config(router_bias_update_rate=0.01, router_aux_loss_coef=0.0))
-    ids = batch()
-    model.train()
-    model(ids, labels=ids).loss.backward()
-    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    model.activation_checkpointing_enable()
-    model(ids, labels=ids).loss.backward()
-    for name, grad in reference.items():
-        assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-6), name
+    assert_checkpointing_gives_the_same_gradients(model, batch())
     routers = [layer.mlp.router for layer in model.model.layers if hasattr(layer.mlp, "router")]
     assert all(r.expert_bias.abs().sum() == 0 for r in routers)
     load = routers[0].observed_load.clone()
