@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_config import make_config
 
 import modeling_spanish_moe_bert as modeling
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
@@ -30,14 +31,6 @@ def tiny_config(**overrides) -> SpanishMoEBertConfig:
         setattr(config, key, value)
     config.validate_architecture()
     return config
-
-
-def make_config(**kwargs) -> SpanishMoEBertConfig:
-    base = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json").to_diff_dict()
-    for derived in ("attention_types", "mlp_layer_types"):  # re-derived from the pattern unless given
-        base.pop(derived, None)
-    base.update(kwargs)
-    return SpanishMoEBertConfig(**base)
 
 
 def batch(vocab_size=2000, b=3, t=16, seed=0):

@@ -6,19 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_config import make_config
 
-from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM, SpanishMoEBertModel
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def make_config(**kwargs) -> SpanishMoEBertConfig:
-    base = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json").to_diff_dict()
-    for derived in ("attention_types", "mlp_layer_types"):  # re-derived from the pattern unless given
-        base.pop(derived, None)
-    base.update(kwargs)
-    return SpanishMoEBertConfig(**base)
 
 
 def padded_batch(vocab_size: int = 2000, lengths=(16, 11, 5), seed: int = 0):

@@ -1,27 +1,18 @@
 """Sparse upcycling: a MoE model started from its trained dense twin computes the dense model's function when each
 token's top-k experts hold one slice each of the dense feed-forward."""
 
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_config import make_config
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
 from spanish_moe_bert.upcycling import upcycle
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def moe_config(**overrides) -> SpanishMoEBertConfig:
-    base = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json").to_diff_dict()
-    base.pop("attention_types", None)
-    base.pop("mlp_layer_types", None)
-    return SpanishMoEBertConfig(**(base | overrides))
-
 
 def test_upcycled_model_reproduces_the_dense_model_when_tokens_take_one_expert_per_slice():
-    config = moe_config(router_bias_update_rate=1e-6)  # only to route by the bias below
+    config = make_config(router_bias_update_rate=1e-6)  # only to route by the bias below
     torch.manual_seed(0)
     dense = SpanishMoEBertForMaskedLM(config.dense_twin()).eval()
     for p in dense.parameters():
@@ -41,11 +32,11 @@ def test_upcycled_model_reproduces_the_dense_model_when_tokens_take_one_expert_p
 
 
 def test_upcycling_needs_the_matching_dense_width_and_divisible_experts():
-    config = moe_config()
+    config = make_config()
     narrow = SpanishMoEBertConfig.from_dict(config.dense_twin().to_dict() | {"intermediate_size": 48})
     wrong = SpanishMoEBertForMaskedLM(narrow)
     with pytest.raises(ValueError, match="intermediate_size is 48"):
         upcycle(wrong, config)
-    odd = moe_config(num_experts=7, num_experts_per_tok=2)
+    odd = make_config(num_experts=7, num_experts_per_tok=2)
     with pytest.raises(ValueError, match="divisible"):
         upcycle(SpanishMoEBertForMaskedLM(odd.dense_twin()), odd)
