@@ -2,8 +2,11 @@
 """Recipe and architecture levers of our MoE encoder on the quality harness: one table, one budget.
 
 Each variant changes one thing of the base (mini shapes: DyT, attention mha/gqa/gqa/mla, 8 experts of 128, top-2,
-Switch load-balancing loss 0.01, masking 15%, linear schedule, lr 1e-3); the dense twin is the bar a lever must
-clear at this budget:
+lr 1e-3) under one of two recipes (`--recipe`):
+  default      the recipe the configs and run files use now: masking 30%, warmup-stable-decay, loss-free balancing
+  2026-11-25   the base the lever table below was measured from: Switch loss 0.01, masking 15%, linear decay
+The dense twin is the bar a lever must clear at this budget; ModernBERT (group "reference") the one the
+architecture rows are measured against:
   masking     30% of tokens masked in training (evaluated at 15%, as every variant)
   schedule    warmup-stable-decay instead of linear decay
   peak lr     2e-3 and 5e-4
@@ -14,6 +17,9 @@ clear at this budget:
 and, with `--groups`, the earlier architecture groups:
   norm        LayerNorm, RMSNorm      attention   all MHA / GQA / MLA      experts   32 of the same width
   dyt recipe  the DyT paper's alpha 0.8 / 0.2; embedding multiplier 1; output bias at zero
+  combined    LayerNorm and MHA everywhere (what is left between us and ModernBERT: GeGLU, the embedding norm,
+              local attention, no biases)
+  reference   transformers' ModernBertForMaskedLM at the same shapes and active FFN width (harness.py)
 
 All variants train with the same tokenizer, pre-masked batches, order, tokens and optimizer (the shared loop in
 harness.py, models in turn so machine noise hits all alike) and are scored on the same held-out documents.
@@ -21,7 +27,10 @@ harness.py, models in turn so machine noise hits all alike) and are scored on th
     python benchmarks/bench_ablations.py --quick   # tiny config, 24 steps of 16 x 64 tokens per variant
     python benchmarks/bench_ablations.py           # mini config, 1,200 steps of 16 x 128 tokens per variant on
                                                    # the shared corpus when present (about 2 hours on 2 cores;
-                                                   # the committed table: --steps 600 --eval_every 100, 1 hour)
+                                                   # the lever table: --recipe 2026-11-25 --steps 600
+                                                   # --eval_every 100, 1 hour)
+    python benchmarks/bench_ablations.py --variants layernorm "all mha" "layernorm + all mha" modernbert \
+        --steps 1000 --eval_every 100 --output benchmarks/results/bench_ablations_architecture.json
 
 Writes benchmarks/results/bench_ablations[_quick].json.
 """
@@ -34,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+from transformers import ModernBertForMaskedLM  # noqa: E402
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
@@ -64,6 +74,8 @@ VARIANTS = {
     "dyt alpha 0.8 / 0.2": ("dyt recipe", {"dyt_alpha_init_attention": 0.8, "dyt_alpha_init_ffn": 0.2}, {}),
     "embedding multiplier 1": ("dyt recipe", {"embedding_multiplier": 1.0}, {}),
     "output bias at zero": ("dyt recipe", {}, {"output_prior": False}),
+    "layernorm + all mha": ("combined", {"norm_type": "layernorm", "attention_pattern": ["mha"]}, {}),
+    "modernbert": ("reference", {"modernbert": True}, {}),
 }
 LEVERS = ("base", "masking", "schedule", "peak lr", "router", "placement", "upcycling")
 MODES = {  # config, seq_len, batch, steps, eval_every
@@ -72,13 +84,17 @@ MODES = {  # config, seq_len, batch, steps, eval_every
 }
 
 
-# The recipe the levers are measured from: the 2026-11-25 table started from the Switch load-balancing loss at 0.01
-# (the default then); the configs have since taken the winner, loss-free balancing.
-BASE_OVERRIDES = {"router_aux_loss_coef": 0.01, "router_bias_update_rate": 0.0}
+# The recipes a table is measured from: config overrides of our models, the training masking rate and schedule of
+# every variant. The 2026-11-25 lever table started from the defaults then (Switch loss 0.01, 15%, linear); the
+# configs and run files have since taken its winners.
+RECIPES = {
+    "default": ({}, 0.3, "wsd"),
+    "2026-11-25": ({"router_aux_loss_coef": 0.01, "router_bias_update_rate": 0.0}, 0.15, "linear"),
+}
 
 
-def build_config(config_path, tokenizer, seq_len: int, overrides: dict):
-    overrides = BASE_OVERRIDES | dict(overrides)
+def build_config(config_path, tokenizer, seq_len: int, overrides: dict, recipe: str):
+    overrides = RECIPES[recipe][0] | dict(overrides)
     dense, alternate = overrides.pop("dense", False), overrides.pop("alternate", False)
     config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128), **overrides)
     if dense:
@@ -91,12 +107,18 @@ def build_config(config_path, tokenizer, seq_len: int, overrides: dict):
     return config
 
 
-def contenders(names, config_path, tokenizer, seq_len, batch_size, corpus, seed) -> dict:
+def contenders(names, config_path, tokenizer, seq_len, batch_size, corpus, seed, recipe) -> dict:
     result = {}
     for name in names:
         _, overrides, options = VARIANTS[name]
-        options = dict(options)
-        config = build_config(config_path, tokenizer, seq_len, overrides)
+        options = {"schedule": RECIPES[recipe][2]} | options
+        overrides = dict(overrides)
+        if overrides.pop("modernbert", False):
+            ours = build_config(config_path, tokenizer, seq_len, overrides, recipe)
+            config = harness.modernbert_config(ours, tokenizer)
+            result[name] = harness.Contender(build=lambda c=config: ModernBertForMaskedLM(c), **options)
+            continue
+        config = build_config(config_path, tokenizer, seq_len, overrides, recipe)
         if "mask_probability" in options:
             rate = options.pop("mask_probability")
             options["batches"], _ = harness.mlm_data(
@@ -115,6 +137,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny config, 24 steps of 16 x 64 tokens")
     parser.add_argument("--groups", nargs="+", default=list(LEVERS), help=f"default: {' '.join(LEVERS)}")
+    parser.add_argument("--variants", nargs="+", help="these variants (by name) instead of --groups; base comes first")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="default", help="the base recipe (see above)")
     parser.add_argument("--model_config", help="base config JSON (default: tiny in --quick, else mini)")
     parser.add_argument("--seq_len", type=int)
     parser.add_argument("--batch_size", type=int)
@@ -129,6 +153,9 @@ def main():
     unknown = sorted(set(args.groups) - {group for group, _, _ in VARIANTS.values()})
     if unknown:
         parser.error(f"unknown groups {unknown}")
+    unknown = sorted(set(args.variants or []) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     config_name, seq_len, batch_size, steps, eval_every = MODES["quick" if args.quick else "full"]
     config_path = args.model_config or harness.REPO / "configs" / config_name
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
@@ -137,18 +164,28 @@ def main():
 
     corpus = args.corpus or harness.default_corpus(args.quick)
     tokenizer = harness.train_tokenizer(8000, corpus)
-    batches, eval_batches = harness.mlm_data(tokenizer, seq_len, batch_size, seed=args.seed, corpus=corpus)
+    mask_probability = RECIPES[args.recipe][1]
+    batches, eval_batches = harness.mlm_data(
+        tokenizer, seq_len, batch_size, seed=args.seed, corpus=corpus, mask_probability=mask_probability
+    )
     eval_batches = eval_batches[: args.eval_batches]
-    names = [name for name, (group, _, _) in VARIANTS.items() if group in args.groups]
+    if args.variants:
+        base_name = next(iter(VARIANTS))
+        names = [base_name] + [name for name in args.variants if name != base_name]
+    else:
+        names = [name for name, (group, _, _) in VARIANTS.items() if group in args.groups]
     results = harness.train_side_by_side(
-        contenders(names, config_path, tokenizer, seq_len, batch_size, corpus, args.seed), batches, eval_batches,
+        contenders(names, config_path, tokenizer, seq_len, batch_size, corpus, args.seed, args.recipe),
+        batches, eval_batches,
         steps=steps, eval_every=eval_every, lr=args.lr, seed=args.seed,
     )  # fmt: skip
 
     tokens = steps * batch_size * seq_len
     base = results[names[0]]["final"]
-    print(f"\nAblations: {Path(config_path).name} base, {steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens "
-          f"per variant, {len(batches)} distinct batches of {corpus.name}; {harness.machine_line()}\n")  # fmt: skip
+    recipe = f"masking {mask_probability:.0%}, {RECIPES[args.recipe][2]} schedule, overrides {RECIPES[args.recipe][0]}"
+    print(f"\nAblations: {Path(config_path).name} base, recipe {args.recipe} ({recipe}), "
+          f"{steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens per variant, "
+          f"{len(batches)} distinct batches of {corpus.name}; {harness.machine_line()}\n")  # fmt: skip
     print("| group | variant | active params | held-out loss | vs base | train loss | masked acc | train tokens/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
@@ -161,6 +198,8 @@ def main():
     output.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "bench_ablations", "quick": args.quick, "model_config": Path(config_path).name,
+        "recipe": args.recipe, "mask_probability": mask_probability, "schedule": RECIPES[args.recipe][2],
+        "base_overrides": RECIPES[args.recipe][0],
         "corpus": corpus.name, "distinct_training_batches": len(batches), "seq_len": seq_len, "seed": args.seed,
         "batch_size": batch_size, "steps": steps, "tokens_per_variant": tokens, "lr": args.lr,
         "variants": {n: dict(zip(("group", "overrides", "options"), VARIANTS[n])) for n in names},
