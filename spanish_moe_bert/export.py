@@ -242,7 +242,6 @@ def format_count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
 
-
 def router_training_text(config) -> str:
     """How the routers were balanced, in the card's words: a per-expert bias and/or the Switch loss, and the z-loss."""
     parts = []
@@ -253,6 +252,7 @@ def router_training_text(config) -> str:
         parts.append(f"the router's load-balancing loss (coefficient {config.router_aux_loss_coef:g})")
     parts.append(f"the router z-loss (coefficient {config.router_z_loss_coef:g})")
     return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
 
 def write_model_card(
     folder: Path,

@@ -25,14 +25,6 @@ from modeling_spanish_moe_bert import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(**overrides) -> SpanishMoEBertConfig:
-    config = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json")
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    config.validate_architecture()
-    return config
-
-
 def batch(vocab_size=2000, b=3, t=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(5, vocab_size, (b, t), generator=g)
@@ -143,7 +135,7 @@ def test_heads_shapes_and_losses():
 
 
 def test_mlm_loss_is_mlm_plus_weighted_router_losses_and_decoder_is_tied():
-    config = tiny_config()
+    config = make_config()
     model = SpanishMoEBertForMaskedLM(config)
     assert model.decoder.weight.data_ptr() == model.model.embeddings.word_embeddings.weight.data_ptr()
     ids = batch()
@@ -339,7 +331,7 @@ def test_router_jitter_only_in_training():
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_padding_does_not_change_real_token_outputs(impl):
     torch.manual_seed(0)
-    model = SpanishMoEBertModel(tiny_config()).eval()
+    model = SpanishMoEBertModel(make_config()).eval()
     model.set_attn_implementation(impl)
     ids = batch(t=10, b=1)
     alone = model(ids).last_hidden_state
@@ -355,7 +347,7 @@ def test_padding_does_not_change_real_token_outputs(impl):
 
 def test_eager_and_sdpa_agree():
     torch.manual_seed(0)
-    model = SpanishMoEBertModel(tiny_config()).eval()
+    model = SpanishMoEBertModel(make_config()).eval()
     ids = batch()
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
@@ -370,7 +362,7 @@ def test_eager_and_sdpa_agree():
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fully_padded_row_never_produces_nan(impl, dtype):
-    model = SpanishMoEBertForMaskedLM(tiny_config()).to(dtype).eval()
+    model = SpanishMoEBertForMaskedLM(make_config()).to(dtype).eval()
     model.set_attn_implementation(impl)
     ids = batch()
     mask = torch.ones_like(ids)
@@ -380,7 +372,7 @@ def test_fully_padded_row_never_produces_nan(impl, dtype):
 
 
 def test_bf16_autocast_training_step_on_cpu():
-    model = SpanishMoEBertForMaskedLM(tiny_config())
+    model = SpanishMoEBertForMaskedLM(make_config())
     ids = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids, labels=ids)
@@ -403,14 +395,14 @@ def assert_checkpointing_gives_the_same_gradients(model, ids):
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    assert_checkpointing_gives_the_same_gradients(SpanishMoEBertForMaskedLM(tiny_config()), batch())
+    assert_checkpointing_gives_the_same_gradients(SpanishMoEBertForMaskedLM(make_config()), batch())
 
 
 def test_loss_free_balancing_updates_once_per_step_and_routes_alike_under_gradient_checkpointing():
     # the recomputed forward of gradient checkpointing must route as the first forward did: the bias moves only
     # in update_router_biases (once per optimizer step), by the load of the step's forward
     torch.manual_seed(0)
-    model = SpanishMoEBertForMaskedLM(tiny_config(router_bias_update_rate=0.01, router_aux_loss_coef=0.0))
+    model = SpanishMoEBertForMaskedLM(make_config(router_bias_update_rate=0.01, router_aux_loss_coef=0.0))
     assert_checkpointing_gives_the_same_gradients(model, batch())
     routers = [layer.mlp.router for layer in model.model.layers if hasattr(layer.mlp, "router")]
     assert all(r.expert_bias.abs().sum() == 0 for r in routers)
@@ -422,13 +414,13 @@ def test_loss_free_balancing_updates_once_per_step_and_routes_alike_under_gradie
 
 
 def test_dyt_statistics_report_alpha_and_saturation():
-    model = SpanishMoEBertModel(tiny_config())
+    model = SpanishMoEBertModel(make_config())
     ids = batch()
     stats = model.dyt_statistics(ids, torch.ones_like(ids))
     # automatic init: 1 / (initializer_range * sqrt(hidden_size)) = 1 / (0.02 * 8)
     assert stats["layers.0.attn_norm.alpha"] == pytest.approx(6.25)
     assert stats["layers.0.mlp_norm.alpha"] == pytest.approx(6.25)
-    explicit = SpanishMoEBertModel(tiny_config(dyt_alpha_init_attention=0.8, dyt_alpha_init_ffn=0.2)).dyt_statistics()
+    explicit = SpanishMoEBertModel(make_config(dyt_alpha_init_attention=0.8, dyt_alpha_init_ffn=0.2)).dyt_statistics()
     assert explicit["layers.0.attn_norm.alpha"] == pytest.approx(0.8)
     assert explicit["final_norm.alpha"] == pytest.approx(0.2)
     with torch.no_grad():
@@ -440,7 +432,7 @@ def test_dyt_statistics_report_alpha_and_saturation():
 
 @pytest.mark.parametrize("multiplier, expected", [(None, 64**0.5), (1.0, 1.0), (3.5, 3.5)])
 def test_embeddings_are_scaled_by_the_multiplier(multiplier, expected):
-    config = tiny_config(embedding_multiplier=multiplier)
+    config = make_config(embedding_multiplier=multiplier)
     assert config.hidden_size == 64 and config.embedding_scale == pytest.approx(expected)
     embeddings = SpanishMoEBertModel(config).embeddings
     ids = batch()
@@ -448,7 +440,7 @@ def test_embeddings_are_scaled_by_the_multiplier(multiplier, expected):
 
 
 def test_output_bias_starts_at_the_log_unigram_prior():
-    model = SpanishMoEBertForMaskedLM(tiny_config())
+    model = SpanishMoEBertForMaskedLM(make_config())
     counts = torch.zeros(model.config.vocab_size, dtype=torch.int64)
     counts[10], counts[11] = 98, 48  # add-one smoothed: 99 and 49 of 99 + 49 + (V - 2)
     model.init_decoder_bias_from_counts(counts)
@@ -465,7 +457,7 @@ def test_output_bias_starts_at_the_log_unigram_prior():
 
 def test_a_few_optimizer_steps_lower_the_mlm_loss():
     torch.manual_seed(0)
-    model = SpanishMoEBertForMaskedLM(tiny_config())
+    model = SpanishMoEBertForMaskedLM(make_config())
     ids = batch(b=8, t=32)
     labels = torch.full_like(ids, -100)
     masked = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.15
@@ -487,7 +479,7 @@ def test_a_few_optimizer_steps_lower_the_mlm_loss():
 
 def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
-    model = SpanishMoEBertForMaskedLM(tiny_config()).eval()
+    model = SpanishMoEBertForMaskedLM(make_config()).eval()
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     loaded = SpanishMoEBertForMaskedLM.from_pretrained(tmp_path).eval()
@@ -529,7 +521,7 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 
 def test_remote_code_load_in_a_fresh_process_without_the_project(tmp_path):
     torch.manual_seed(0)
-    model = SpanishMoEBertForMaskedLM(tiny_config()).eval()
+    model = SpanishMoEBertForMaskedLM(make_config()).eval()
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
     config_json = (ckpt / "config.json").read_text()

@@ -1,7 +1,6 @@
 """Sparse upcycling: a MoE model started from its trained dense twin computes the dense model's function when each
 token's top-k experts hold one slice each of the dense feed-forward."""
 
-
 import pytest
 import torch
 from tiny_config import make_config
