@@ -21,7 +21,9 @@ and, with `--groups`, the earlier architecture groups:
               local attention, no biases)
   reference   transformers' ModernBertForMaskedLM at the same shapes and active FFN width (harness.py)
 
-All variants train with the same tokenizer, pre-masked batches, order, tokens and optimizer (the shared loop in
+The base always runs first; a variant that is the same run as another under the chosen recipe (the 30% masking,
+warmup-stable-decay and loss-free rows under the default recipe) is left out. All variants train with the same
+tokenizer, pre-masked batches, order, tokens and optimizer (the shared loop in
 harness.py, models in turn so machine noise hits all alike) and are scored on the same held-out documents.
 
     python benchmarks/bench_ablations.py --quick   # tiny config, 24 steps of 16 x 64 tokens per variant
@@ -108,28 +110,36 @@ def build_config(config_path, tokenizer, seq_len: int, overrides: dict, recipe: 
 
 
 def contenders(names, config_path, tokenizer, seq_len, batch_size, corpus, seed, recipe) -> dict:
-    result = {}
+    """The variants as harness Contenders. A variant that is the same run as an earlier one under this recipe (the
+    30% masking lever under the default recipe, say) is left out, so no run is trained twice."""
+    result, runs = {}, {}
+    _, recipe_mask, recipe_schedule = RECIPES[recipe]
     for name in names:
         _, overrides, options = VARIANTS[name]
-        options = {"schedule": RECIPES[recipe][2]} | options
+        options = {"schedule": recipe_schedule, "mask_probability": recipe_mask} | options
         overrides = dict(overrides)
-        if overrides.pop("modernbert", False):
-            ours = build_config(config_path, tokenizer, seq_len, overrides, recipe)
-            config = harness.modernbert_config(ours, tokenizer)
-            result[name] = harness.Contender(build=lambda c=config: ModernBertForMaskedLM(c), **options)
-            continue
+        modernbert = overrides.pop("modernbert", False)
         config = build_config(config_path, tokenizer, seq_len, overrides, recipe)
-        if "mask_probability" in options:
-            rate = options.pop("mask_probability")
+        if modernbert:
+            config = harness.modernbert_config(config, tokenizer)
+        run = (type(config).__name__, config.to_json_string(), repr(sorted(options.items())))
+        if run in runs:
+            print(f"{name}: left out, the same run as {runs[run]!r} under the {recipe} recipe")
+            continue
+        runs[run] = name
+        rate = options.pop("mask_probability")
+        if rate != recipe_mask:  # the same blocks and order, masked at this rate
             options["batches"], _ = harness.mlm_data(
                 tokenizer, seq_len, batch_size, seed=seed, corpus=corpus, mask_probability=rate
             )
-        if "upcycle_at" in options:  # trains the dense twin, then continues as the MoE started from it
+        if modernbert:
+            result[name] = harness.Contender(build=lambda c=config: ModernBertForMaskedLM(c), **options)
+        elif "upcycle_at" in options:  # trains the dense twin, then continues as the MoE started from it
             options["upcycle"] = lambda dense, c=config: upcycle(dense, c)
             dense = config.dense_twin()
             result[name] = harness.Contender(build=lambda c=dense: SpanishMoEBertForMaskedLM(c), **options)
-            continue
-        result[name] = harness.Contender(build=lambda c=config: SpanishMoEBertForMaskedLM(c), **options)
+        else:
+            result[name] = harness.Contender(build=lambda c=config: SpanishMoEBertForMaskedLM(c), **options)
     return result
 
 
@@ -137,7 +147,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny config, 24 steps of 16 x 64 tokens")
     parser.add_argument("--groups", nargs="+", default=list(LEVERS), help=f"default: {' '.join(LEVERS)}")
-    parser.add_argument("--variants", nargs="+", help="these variants (by name) instead of --groups; base comes first")
+    parser.add_argument("--variants", nargs="+", help="these variants (by name) instead of --groups")
     parser.add_argument("--recipe", choices=list(RECIPES), default="default", help="the base recipe (see above)")
     parser.add_argument("--model_config", help="base config JSON (default: tiny in --quick, else mini)")
     parser.add_argument("--seq_len", type=int)
@@ -169,11 +179,9 @@ def main():
         tokenizer, seq_len, batch_size, seed=args.seed, corpus=corpus, mask_probability=mask_probability
     )
     eval_batches = eval_batches[: args.eval_batches]
-    if args.variants:
-        base_name = next(iter(VARIANTS))
-        names = [base_name] + [name for name in args.variants if name != base_name]
-    else:
-        names = [name for name, (group, _, _) in VARIANTS.items() if group in args.groups]
+    chosen = args.variants or [name for name, (group, _, _) in VARIANTS.items() if group in args.groups]
+    base_name = next(iter(VARIANTS))  # every table is read against the base, so it always runs, first
+    names = [base_name] + [name for name in chosen if name != base_name]
     results = harness.train_side_by_side(
         contenders(names, config_path, tokenizer, seq_len, batch_size, corpus, args.seed, args.recipe),
         batches, eval_batches,
@@ -202,7 +210,7 @@ def main():
         "base_overrides": RECIPES[args.recipe][0],
         "corpus": corpus.name, "distinct_training_batches": len(batches), "seq_len": seq_len, "seed": args.seed,
         "batch_size": batch_size, "steps": steps, "tokens_per_variant": tokens, "lr": args.lr,
-        "variants": {n: dict(zip(("group", "overrides", "options"), VARIANTS[n])) for n in names},
+        "variants": {n: dict(zip(("group", "overrides", "options"), VARIANTS[n])) for n in results},
         "machine": harness.machine(), "results": results,
     }  # fmt: skip
     output.write_text(json.dumps(payload, indent=2) + "\n")
