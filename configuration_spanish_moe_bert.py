@@ -54,13 +54,17 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     (`modeling_spanish_moe_bert.expert_path`); `moe_implementation` forces one of `MOE_IMPLEMENTATIONS` instead
     (benchmarks, debugging).
 
-    Normalization: `"dyt"` is Dynamic Tanh, `DyT(x) = weight * tanh(alpha * x) + bias` with a learnable scalar
-    alpha initialised to `dyt_alpha_init_attention` before attention and to `dyt_alpha_init_ffn` before the
-    feed-forward, the final norm and the MLM head. `None` (the default) picks `1 / (initializer_range *
-    embedding_scale)`, the alpha that puts the embeddings' typical value at tanh's unit input, where DyT acts
-    like LayerNorm does at initialisation: 1.56 at hidden size 1024. DyT does not rescale its input, so a fixed
-    alpha suits only one residual-stream scale; the DyT paper's LLaMA-7B values (0.8 / 0.2) left our models
-    near the unigram plateau (README, "DyT"). `"layernorm"` and `"rmsnorm"` are there for ablations.
+    Normalization: `norm_type` is the norm of every block (before attention, before the feed-forward, and MLA's
+    latent norms); `output_norm_type` that of the two output norms, after the last block and in the MLM head, which
+    set the scale of `last_hidden_state`, `pooler_output` and the logits (None: `norm_type`). `"dyt"` is Dynamic
+    Tanh, `DyT(x) = weight * tanh(alpha * x) + bias` with a learnable scalar alpha initialised to
+    `dyt_alpha_init_attention` before attention and to `dyt_alpha_init_ffn` elsewhere. `None` (the default) picks
+    `1 / (initializer_range * embedding_scale)`, the alpha that puts the embeddings' typical value at tanh's unit
+    input, where DyT acts like LayerNorm does at initialisation: 1.56 at hidden size 1024. DyT does not rescale its
+    input, so alpha has to follow the residual stream as it grows in training: it is learnt as
+    `log(alpha) = dyt_log_alpha_multiplier * parameter`, so that Adam moves it by a share of itself, about
+    `dyt_log_alpha_multiplier * lr` a step. The defaults (DyT in every block, LayerNorm at the outputs, multiplier
+    3) come from `bench_ablations.py` (README, "DyT"); `"layernorm"` and `"rmsnorm"` are the alternatives.
 
     Embeddings are multiplied by `embedding_multiplier` (None: `sqrt(hidden_size)`, as Gemma does), and the
     MLM output bias can start at the unigram log prior (`SpanishMoEBertForMaskedLM.init_decoder_bias_from_counts`,
@@ -109,6 +113,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     norm_eps: float = 1e-5
     dyt_alpha_init_attention: float | None = None
     dyt_alpha_init_ffn: float | None = None
+    dyt_log_alpha_multiplier: float = 3.0
+    output_norm_type: str | None = "layernorm"
     hidden_dropout: float = 0.0
     embedding_dropout: float = 0.0
     classifier_dropout: float = 0.0
@@ -139,7 +145,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         return self.embedding_multiplier if self.embedding_multiplier is not None else self.hidden_size**0.5
 
     def dyt_alpha_init(self, position: str) -> float:
-        """DyT's alpha init before "attention" or "ffn" (the latter also for the final norm and the MLM head)."""
+        """DyT's alpha init before "attention", or elsewhere ("ffn", "output")."""
         value = self.dyt_alpha_init_attention if position == "attention" else self.dyt_alpha_init_ffn
         return value if value is not None else 1.0 / (self.initializer_range * self.embedding_scale)
 
@@ -215,6 +221,11 @@ class SpanishMoEBertConfig(PreTrainedConfig):
             )
         if self.norm_type not in NORM_TYPES:
             raise ValueError(f"`norm_type` must be one of {list(NORM_TYPES)}, got {self.norm_type!r}")
+        if self.output_norm_type is not None and self.output_norm_type not in NORM_TYPES:
+            raise ValueError(
+                f"`output_norm_type` must be None (`norm_type`) or one of {list(NORM_TYPES)}, "
+                f"got {self.output_norm_type!r}"
+            )
         for name in ("attention_dropout", "hidden_dropout", "embedding_dropout", "classifier_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -229,7 +240,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
-        for name in ("rope_theta", "norm_eps", "initializer_range"):
+        for name in ("rope_theta", "norm_eps", "initializer_range", "dyt_log_alpha_multiplier"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
         for name in ("dyt_alpha_init_attention", "dyt_alpha_init_ffn"):

@@ -73,14 +73,28 @@ class SpanishMoEBertMaskedLMOutput(MaskedLMOutput):
 
 
 class DynamicTanh(nn.Module):
-    """DyT (Zhu et al., 2025): `weight * tanh(alpha * x) + bias`, a normalization-free stand-in for LayerNorm."""
+    """DyT (Zhu et al., 2025): `weight * tanh(alpha * x) + bias`, a normalization-free stand-in for LayerNorm.
 
-    def __init__(self, hidden_size: int, alpha_init: float):
+    alpha is learnt in log space, `log(alpha) = log_alpha_multiplier * log_alpha_param`. Adam moves a parameter by
+    about the learning rate per step whatever its size: a plain alpha falls by at most ~lr a step while the
+    residual stream it must follow grows by a factor, where this one moves by ~multiplier * lr of itself
+    (benchmarks/README.md, "DyT's alpha").
+    """
+
+    def __init__(self, hidden_size: int, alpha_init: float, log_alpha_multiplier: float):
         super().__init__()
         self.alpha_init = alpha_init
-        self.alpha = nn.Parameter(torch.full((1,), alpha_init))
+        self.log_alpha_multiplier = log_alpha_multiplier
+        self.log_alpha_param = nn.Parameter(torch.full((1,), self.parameter_for(alpha_init)))
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def parameter_for(self, alpha: float) -> float:
+        return math.log(alpha) / self.log_alpha_multiplier
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return torch.exp(self.log_alpha_multiplier * self.log_alpha_param)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.alpha * x) * self.weight + self.bias
@@ -98,11 +112,13 @@ class RMSNorm(nn.Module):
 
 
 def build_norm(config: SpanishMoEBertConfig, position: str, hidden_size: int | None = None) -> nn.Module:
-    """The configured normalization; `position` ("attention" or "ffn") picks the DyT alpha init."""
+    """The configured normalization at `position`: "attention" or "ffn" in a block (they differ in DyT's alpha
+    init), or "output" (after the last block and in the MLM head: `config.output_norm_type`)."""
     hidden_size = hidden_size or config.hidden_size
-    if config.norm_type == "dyt":
-        return DynamicTanh(hidden_size, config.dyt_alpha_init(position))
-    if config.norm_type == "rmsnorm":
+    norm_type = (config.output_norm_type or config.norm_type) if position == "output" else config.norm_type
+    if norm_type == "dyt":
+        return DynamicTanh(hidden_size, config.dyt_alpha_init(position), config.dyt_log_alpha_multiplier)
+    if norm_type == "rmsnorm":
         return RMSNorm(hidden_size, config.norm_eps)
     return nn.LayerNorm(hidden_size, eps=config.norm_eps)
 
@@ -752,7 +768,7 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
             init.zeros_(module.expert_bias)
             init.zeros_(module.observed_load)
         elif isinstance(module, DynamicTanh):
-            init.constant_(module.alpha, module.alpha_init)
+            init.constant_(module.log_alpha_param, module.parameter_for(module.alpha_init))
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, (RMSNorm, nn.LayerNorm)):
@@ -848,7 +864,7 @@ class SpanishMoEBertModel(SpanishMoEBertPreTrainedModel):
         super().__init__(config)
         self.embeddings = SpanishMoEBertEmbeddings(config)
         self.layers = nn.ModuleList(SpanishMoEBertLayer(config, i) for i in range(config.num_hidden_layers))
-        self.final_norm = build_norm(config, "ffn")
+        self.final_norm = build_norm(config, "output")
         rope_dims = {layer.attn.rope_dim for layer in self.layers}
         self.rotary_embs = nn.ModuleDict(
             {str(dim): SpanishMoEBertRotaryEmbedding(dim, config.rope_theta) for dim in sorted(rope_dims)}
@@ -918,7 +934,7 @@ class SpanishMoEBertPredictionHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = ACT2FN["gelu"]
-        self.norm = build_norm(config, "ffn")
+        self.norm = build_norm(config, "output")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.norm(self.act(self.dense(hidden_states)))

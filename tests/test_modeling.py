@@ -1,5 +1,6 @@
 """Behaviour of the model core: configuration, encoder, MoE dispatch, heads, saving and remote-code loading."""
 
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from tiny_config import make_config
 import modeling_spanish_moe_bert as modeling
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import (
+    DynamicTanh,
     SpanishMoEBertForMaskedLM,
     SpanishMoEBertForSequenceClassification,
     SpanishMoEBertForTokenClassification,
@@ -44,6 +46,8 @@ def batch(vocab_size=2000, b=3, t=16, seed=0):
         (dict(mlp_layer_types=["sparse", "dense", "moe", "sparse"]), "mlp_layer_types"),
         (dict(mlp_layer_types=["sparse"]), "mlp_layer_types"),
         (dict(norm_type="batchnorm"), "norm_type"),
+        (dict(output_norm_type="batchnorm"), "output_norm_type"),
+        (dict(dyt_log_alpha_multiplier=0.0), "dyt_log_alpha_multiplier"),
         (dict(hidden_size=0), "hidden_size"),
         (dict(num_experts=-1), "num_experts"),
         (dict(moe_intermediate_size=0), "moe_intermediate_size"),
@@ -422,12 +426,43 @@ def test_dyt_statistics_report_alpha_and_saturation():
     assert stats["layers.0.mlp_norm.alpha"] == pytest.approx(6.25)
     explicit = SpanishMoEBertModel(make_config(dyt_alpha_init_attention=0.8, dyt_alpha_init_ffn=0.2)).dyt_statistics()
     assert explicit["layers.0.attn_norm.alpha"] == pytest.approx(0.8)
-    assert explicit["final_norm.alpha"] == pytest.approx(0.2)
+    assert explicit["layers.0.mlp_norm.alpha"] == pytest.approx(0.2)
+    assert "final_norm.alpha" not in explicit  # the output norms are LayerNorm by default
     with torch.no_grad():
-        model.layers[0].mlp_norm.alpha.fill_(1e4)  # every non-zero input saturates
+        norm = model.layers[0].mlp_norm
+        norm.log_alpha_param.fill_(norm.parameter_for(1e4))  # every non-zero input saturates
     stats = model.dyt_statistics(ids, torch.ones_like(ids))
     assert stats["layers.0.mlp_norm.saturation"] > 0.95
     assert 0.0 <= stats["layers.1.attn_norm.saturation"] < 0.5
+
+
+def test_an_adam_step_moves_dyt_alpha_by_a_share_of_itself():
+    # log(alpha) = multiplier * parameter: one Adam step of lr 0.1 scales alpha by exp(-+0.1 * multiplier) at any
+    # size, where a plain parameter would move by -+0.1 (from 3.0 that is 2.9, a factor 0.967).
+    for alpha_init, multiplier in ((3.0, 1.0), (0.3, 1.0), (3.0, 3.0)):
+        norm = DynamicTanh(8, alpha_init, multiplier)
+        assert norm.alpha.item() == pytest.approx(alpha_init)
+        optimizer = torch.optim.Adam(norm.parameters(), lr=0.1)
+        norm(torch.randn(4, 8) * 3).pow(2).sum().backward()  # a smaller alpha lowers this loss
+        optimizer.step()
+        assert norm.alpha.item() == pytest.approx(alpha_init * math.exp(-0.1 * multiplier), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides, block, output",
+    [
+        ({}, DynamicTanh, torch.nn.LayerNorm),
+        ({"output_norm_type": None}, DynamicTanh, DynamicTanh),
+        ({"norm_type": "rmsnorm", "output_norm_type": None}, modeling.RMSNorm, modeling.RMSNorm),
+        ({"norm_type": "layernorm", "output_norm_type": "dyt"}, torch.nn.LayerNorm, DynamicTanh),
+    ],
+)
+def test_norm_types_of_the_blocks_and_the_outputs(overrides, block, output):
+    model = SpanishMoEBertForMaskedLM(make_config(**overrides))
+    layer = model.model.layers[0]
+    assert type(layer.attn_norm) is block and type(layer.mlp_norm) is block
+    assert type(model.model.final_norm) is output and type(model.head.norm) is output
+    assert torch.isfinite(model(input_ids=batch()).logits).all()
 
 
 @pytest.mark.parametrize("multiplier, expected", [(None, 64**0.5), (1.0, 1.0), (3.5, 3.5)])
