@@ -2,7 +2,7 @@
 """Quality at equal compute: held-out MLM loss of four encoders trained side by side, over several seeds.
 
 Contenders, all at the shapes of one of our configs (hidden size, layers, heads, vocabulary, positions):
-  moe          SpanishMoEBertForMaskedLM (sparse MoE, DyT, MHA/GQA/MLA mix)
+  moe          SpanishMoEBertForMaskedLM (sparse MoE, DyT blocks, MHA/GQA/MLA mix)
   dense twin   the same model with one SwiGLU per layer as wide as the experts active per token
   modernbert   transformers' ModernBertForMaskedLM, GLU width = our active FFN width
   bert         transformers' BertForMaskedLM, MLP width 1.5x (same active FFN parameters)
@@ -17,8 +17,10 @@ and masking; differences within the spread over seeds are ties. Held-out: 5% of 
 hash), masked once at 15%.
 
     python benchmarks/bench_quality.py --quick   # tiny config, one seed, a couple of minutes on 2 cores
-    python benchmarks/bench_quality.py           # mini config, 3,000 steps x 16 x 128 per model and seed, 2 seeds,
-                                                 # on the shared 9.5 MB corpus when present (hours on 2 cores)
+    python benchmarks/bench_quality.py           # mini config, 1,000 steps x 16 x 128 per model and seed, 2 seeds,
+                                                 # on the shared 9.5 MB corpus when present (1 hour on 2 cores)
+
+The defaults train with the recipe of the run files (masking 30%, warmup-stable-decay, lr 1e-3).
 
 Writes benchmarks/results/bench_quality[_quick].json and .png (held-out loss against tokens and wall time).
 """
@@ -41,7 +43,7 @@ from spanish_moe_bert.upcycling import upcycle  # noqa: E402
 
 MODES = {  # config, seq_len, batch, steps, eval_every, seeds
     "quick": ("tiny.json", 64, 16, 40, 10, [0]),
-    "full": ("mini.json", 128, 16, 3000, 250, [0, 1]),
+    "full": ("mini.json", 128, 16, 1000, 100, [0, 1]),
 }
 
 
@@ -143,8 +145,8 @@ def main():
     parser.add_argument("--eval_batches", type=int, default=16, help="held-out batches per evaluation")
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--schedule", choices=("linear", "wsd"), default="linear", help="learning-rate schedule")
-    parser.add_argument("--mask_probability", type=float, default=0.15, help="training masking rate (eval: 15%%)")
+    parser.add_argument("--schedule", choices=("linear", "wsd"), default="wsd", help="learning-rate schedule")
+    parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
     parser.add_argument("--upcycle_at", type=float, help="also train an upcycled MoE (dense for this share of steps)")
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="path without extension (default benchmarks/results/bench_quality[_quick])")
@@ -173,8 +175,8 @@ def main():
 
     tokens = steps * batch_size * seq_len
     shapes = Path(config_path).name + (f" + {args.config_overrides}" if args.config_overrides else "")
-    shapes += f", masking {args.mask_probability:.0%}, {args.schedule} schedule, lr {args.lr:g}"
-    title = (f"Quality at equal compute: {shapes} shapes, {steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens "
+    recipe = f"masking {args.mask_probability:.0%}, {args.schedule} schedule, lr {args.lr:g}"
+    title = (f"Quality at equal compute: {shapes} shapes, {recipe}, {steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens "
              f"per model and seed ({len(batches)} distinct batches of {corpus.name}), seeds {seeds}; "
              f"{harness.machine_line()}.")  # fmt: skip
     summary = summarize(runs)
