@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Recipe and architecture levers of our MoE encoder on the quality harness: one table, one budget.
 
-Each variant changes one thing of the base (mini shapes: DyT, attention mha/gqa/gqa/mla, 8 experts of 128, top-2,
-lr 1e-3) under one of two recipes (`--recipe`):
+Each variant changes one thing of the base (mini shapes: DyT in the blocks with log-alpha multiplier 3, LayerNorm at
+the outputs, attention mha/gqa/gqa/mla, 8 experts of 128, top-2, lr 1e-3) under one of two recipes (`--recipe`):
   default      the recipe the configs and run files use now: masking 30%, warmup-stable-decay, loss-free balancing
   2026-11-25   the base the lever table below was measured from: Switch loss 0.01, masking 15%, linear decay
 The dense twin is the bar a lever must clear at this budget; ModernBERT (group "reference") the one the
@@ -15,7 +15,9 @@ architecture rows are measured against:
   placement   MoE in every other layer, a dense SwiGLU of the same active width in between
   upcycling   the dense twin for the first half of the steps, then upcycled into the MoE (spanish_moe_bert/upcycling)
 and, with `--groups`, the earlier architecture groups:
-  norm        LayerNorm, RMSNorm      attention   all MHA / GQA / MLA      experts   32 of the same width
+  norm        LayerNorm, RMSNorm (everywhere)      attention   all MHA / GQA / MLA      experts   32 of the same width
+  dyt alpha   DyT at the two output norms too (the base has LayerNorm there); log-alpha multiplier 1 and 10
+              (the base: 3), alone and with DyT output norms
   dyt recipe  the DyT paper's alpha 0.8 / 0.2; embedding multiplier 1; output bias at zero
   combined    LayerNorm and MHA everywhere (what is left between us and ModernBERT: GeGLU, the embedding norm,
               local attention, no biases)
@@ -68,11 +70,15 @@ VARIANTS = {
     "MoE every other layer": ("placement", {"alternate": True}, {}),
     "upcycled at 50%": ("upcycling", {}, {"upcycle_at": 0.5}),
     "layernorm": ("norm", {"norm_type": "layernorm"}, {}),
-    "rmsnorm": ("norm", {"norm_type": "rmsnorm"}, {}),
+    "rmsnorm": ("norm", {"norm_type": "rmsnorm", "output_norm_type": None}, {}),
     "all mha": ("attention", {"attention_pattern": ["mha"]}, {}),
     "all gqa": ("attention", {"attention_pattern": ["gqa"]}, {}),
     "all mla": ("attention", {"attention_pattern": ["mla"]}, {}),
     "32 experts": ("experts", {"num_experts": 32}, {}),
+    "dyt output norms": ("dyt alpha", {"output_norm_type": None}, {}),
+    "log-alpha multiplier 1": ("dyt alpha", {"dyt_log_alpha_multiplier": 1.0}, {}),
+    "log-alpha multiplier 10": ("dyt alpha", {"dyt_log_alpha_multiplier": 10.0}, {}),
+    "multiplier 1, dyt output norms": ("dyt alpha", {"dyt_log_alpha_multiplier": 1.0, "output_norm_type": None}, {}),
     "dyt alpha 0.8 / 0.2": ("dyt recipe", {"dyt_alpha_init_attention": 0.8, "dyt_alpha_init_ffn": 0.2}, {}),
     "embedding multiplier 1": ("dyt recipe", {"embedding_multiplier": 1.0}, {}),
     "output bias at zero": ("dyt recipe", {}, {"output_prior": False}),
