@@ -176,8 +176,9 @@ def main():
     tokens = steps * batch_size * seq_len
     shapes = Path(config_path).name + (f" + {args.config_overrides}" if args.config_overrides else "")
     recipe = f"masking {args.mask_probability:.0%}, {args.schedule} schedule, lr {args.lr:g}"
-    title = (f"Quality at equal compute: {shapes} shapes, {recipe}, {steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens "
-             f"per model and seed ({len(batches)} distinct batches of {corpus.name}), seeds {seeds}; "
+    title = (f"Quality at equal compute: {shapes} shapes, {recipe}, "
+             f"{steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens per model and seed "
+             f"({len(batches)} distinct batches of {corpus.name}), seeds {seeds}; "
              f"{harness.machine_line()}.")  # fmt: skip
     summary = summarize(runs)
     print(f"\n{title}\n")
