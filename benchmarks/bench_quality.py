@@ -41,20 +41,22 @@ from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
 from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
 from spanish_moe_bert.upcycling import upcycle  # noqa: E402
 
+CONTENDERS = ("moe", "dense twin", "modernbert", "bert")
 MODES = {  # config, seq_len, batch, steps, eval_every, seeds
     "quick": ("tiny.json", 64, 16, 40, 10, [0]),
     "full": ("mini.json", 128, 16, 1000, 100, [0, 1]),
 }
 
 
-def contenders(config, tokenizer, upcycle_at: float | None, schedule: str) -> dict:
+def contenders(config, tokenizer, upcycle_at: float | None, schedule: str, names: set[str] | None = None) -> dict:
     builders = {
         "moe": lambda: SpanishMoEBertForMaskedLM(config),
         "dense twin": lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
         "modernbert": lambda: ModernBertForMaskedLM(harness.modernbert_config(config, tokenizer)),
         "bert": lambda: BertForMaskedLM(harness.bert_config(config, tokenizer)),
     }
-    models = {name: harness.Contender(build=build, schedule=schedule) for name, build in builders.items()}
+    names = names or CONTENDERS
+    models = {name: harness.Contender(build=builders[name], schedule=schedule) for name in CONTENDERS if name in names}
     if upcycle_at is not None:
         models["moe (upcycled)"] = harness.Contender(
             build=lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
@@ -147,6 +149,9 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--schedule", choices=("linear", "wsd"), default="wsd", help="learning-rate schedule")
     parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
+    parser.add_argument(
+        "--models", nargs="+", choices=CONTENDERS, help="train only these (default: all four; modernbert is kept)"
+    )
     parser.add_argument("--upcycle_at", type=float, help="also train an upcycled MoE (dense for this share of steps)")
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="path without extension (default benchmarks/results/bench_quality[_quick])")
@@ -155,6 +160,7 @@ def main():
     config_path = args.model_config or harness.REPO / "configs" / config_name
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
     steps, eval_every, seeds = args.steps or steps, args.eval_every or eval_every, args.seeds or seeds
+    models = args.models and {*args.models, "modernbert"}  # the reference of every comparison
     keep_freed_memory()
 
     corpus = args.corpus or harness.default_corpus(args.quick)
@@ -169,8 +175,8 @@ def main():
             tokenizer, seq_len, batch_size, seed=seed, corpus=corpus, mask_probability=args.mask_probability
         )
         runs[seed] = harness.train_side_by_side(
-            contenders(config, tokenizer, args.upcycle_at, args.schedule), batches, eval_batches[: args.eval_batches],
-            steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
+            contenders(config, tokenizer, args.upcycle_at, args.schedule, models), batches,
+            eval_batches[: args.eval_batches], steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
         )  # fmt: skip
 
     tokens = steps * batch_size * seq_len
@@ -188,8 +194,8 @@ def main():
     plot(runs, title, output.with_suffix(".png"))
     payload = {
         "benchmark": "bench_quality", "quick": args.quick, "model_config": Path(config_path).name,
-        "config_overrides": args.config_overrides, "corpus": corpus.name, "seq_len": seq_len,
-        "batch_size": batch_size, "steps": steps, "tokens_per_model": tokens, "seeds": seeds,
+        "config_overrides": args.config_overrides, "models": list(runs[seeds[0]]), "corpus": corpus.name,
+        "seq_len": seq_len, "batch_size": batch_size, "steps": steps, "tokens_per_model": tokens, "seeds": seeds,
         "distinct_training_batches": len(batches), "eval_masked_batches": args.eval_batches, "lr": args.lr,
         "upcycle_at": args.upcycle_at, "mask_probability": args.mask_probability, "schedule": args.schedule,
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, clip 1.0",
