@@ -2,7 +2,8 @@
 """Recipe and architecture levers of our MoE encoder on the quality harness: one table, one budget.
 
 Each variant changes one thing of the base (mini shapes: DyT in the blocks with log-alpha multiplier 3, LayerNorm at
-the outputs, attention mha/gqa/gqa/mla, 8 experts of 128, top-2, lr 1e-3) under one of two recipes (`--recipe`):
+the outputs, attention mha/gqa/gqa/mla, 32 experts of 128, top-2, lr 1e-3; the tables of 2026-11-25 had 8 experts,
+what mini.json had until the expert rows of 2026-12-02) under one of two recipes (`--recipe`):
   default      the recipe the configs and run files use now: masking 30%, warmup-stable-decay, loss-free balancing
   2026-11-25   the base the lever table below was measured from: Switch loss 0.01, masking 15%, linear decay
 The dense twin is the bar a lever must clear at this budget; ModernBERT (group "reference") the one the
@@ -15,7 +16,8 @@ architecture rows are measured against:
   placement   MoE in every other layer, a dense SwiGLU of the same active width in between
   upcycling   the dense twin for the first half of the steps, then upcycled into the MoE (spanish_moe_bert/upcycling)
 and, with `--groups`, the earlier architecture groups:
-  norm        LayerNorm, RMSNorm (everywhere)      attention   all MHA / GQA / MLA      experts   32 of the same width
+  norm        LayerNorm, RMSNorm (everywhere)      attention   all MHA / GQA / MLA
+  experts     8 and 16 experts of the same width (fewer total parameters, the same active ones), 32 x 64 top-4
   dyt alpha   DyT at the two output norms too (the base has LayerNorm there); log-alpha multiplier 1 and 10
               (the base: 3), alone and with DyT output norms
   dyt recipe  the DyT paper's alpha 0.8 / 0.2; embedding multiplier 1; output bias at zero
@@ -56,7 +58,7 @@ from spanish_moe_bert.upcycling import upcycle  # noqa: E402
 
 # name -> (group, config overrides, Contender options); "mask 30%" and "upcycled" get their batches / model below
 VARIANTS = {
-    "base (mini: 8 experts top-2)": ("base", {}, {}),
+    "base (mini: 32 experts top-2)": ("base", {}, {}),
     "dense twin": ("base", {"dense": True}, {}),
     "mask 30% in training": ("masking", {}, {"mask_probability": 0.3}),
     "warmup-stable-decay": ("schedule", {}, {"schedule": "wsd"}),
@@ -74,7 +76,10 @@ VARIANTS = {
     "all mha": ("attention", {"attention_pattern": ["mha"]}, {}),
     "all gqa": ("attention", {"attention_pattern": ["gqa"]}, {}),
     "all mla": ("attention", {"attention_pattern": ["mla"]}, {}),
-    "32 experts": ("experts", {"num_experts": 32}, {}),
+    "8 experts": ("experts", {"num_experts": 8}, {}),  # mini.json's base until 2026-12-02
+    "16 experts": ("experts", {"num_experts": 16}, {}),
+    "32 experts x 64, top-4": ("experts", {"num_experts": 32, "moe_intermediate_size": 64, "num_experts_per_tok": 4},
+                               {}),
     "dyt output norms": ("dyt alpha", {"output_norm_type": None}, {}),
     "log-alpha multiplier 1": ("dyt alpha", {"dyt_log_alpha_multiplier": 1.0}, {}),
     "log-alpha multiplier 10": ("dyt alpha", {"dyt_log_alpha_multiplier": 10.0}, {}),
