@@ -58,7 +58,7 @@ from spanish_moe_bert.upcycling import upcycle  # noqa: E402
 
 # name -> (group, config overrides, Contender options); "mask 30%" and "upcycled" get their batches / model below
 VARIANTS = {
-    "base (mini: 32 experts top-2)": ("base", {}, {}),
+    "base (mini: 32 experts top-2; tiny: 8)": ("base", {}, {}),
     "dense twin": ("base", {"dense": True}, {}),
     "mask 30% in training": ("masking", {}, {"mask_probability": 0.3}),
     "warmup-stable-decay": ("schedule", {}, {"schedule": "wsd"}),
