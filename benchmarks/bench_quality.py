@@ -23,6 +23,11 @@ hash), masked once at 15%.
 The defaults train with the recipe of the run files (masking 30%, warmup-stable-decay, lr 1e-3).
 
 Writes benchmarks/results/bench_quality[_quick].json and .png (held-out loss against tokens and wall time).
+
+Seeds can run as separate processes (e.g. one thread each on a 2-core machine), then be combined into one table:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --seeds 0 --output /tmp/seed0 &   # and --seeds 1 ...
+    python benchmarks/bench_quality.py --combine /tmp/seed0.json /tmp/seed1.json --output benchmarks/results/NAME
 """
 
 import argparse
@@ -135,6 +140,57 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+# Settings that make runs of different seeds one experiment (everything but the seeds and the machine).
+SAME_EXPERIMENT = ("model_config", "config_overrides", "models", "corpus", "seq_len", "batch_size", "steps",
+                   "distinct_training_batches", "eval_masked_batches", "lr", "upcycle_at", "mask_probability",
+                   "schedule", "optimizer")  # fmt: skip
+
+
+def combine(paths: list[Path]) -> tuple[dict, dict]:
+    """Runs of one experiment at different seeds (bench_quality JSON files) -> (settings of the first, runs by seed).
+
+    Refuses files whose settings differ (naming the file and the setting) or that repeat a seed."""
+    payloads = [(path, json.loads(Path(path).read_text())) for path in paths]
+    first_path, first = payloads[0]
+    runs = {}
+    for path, payload in payloads:
+        for key in SAME_EXPERIMENT:
+            if payload.get(key) != first.get(key):
+                raise ValueError(f"{path}: {key} is {payload.get(key)!r}, but {first_path} has {first.get(key)!r}: "
+                                 "only runs of the same experiment at different seeds can be combined")  # fmt: skip
+        for seed, run in payload["runs"].items():
+            if int(seed) in runs:
+                raise ValueError(f"{path}: seed {seed} is already in an earlier file")
+            runs[int(seed)] = run
+    return first, runs
+
+
+def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: Path) -> None:
+    """Summary table on stdout, curves as .png and everything as .json at `output` (a path without extension)."""
+    seeds = list(runs)
+    steps, batch_size, seq_len = settings["steps"], settings["batch_size"], settings["seq_len"]
+    shapes = settings["model_config"] + (f" + {settings['config_overrides']}" if settings["config_overrides"] else "")
+    recipe = f"masking {settings['mask_probability']:.0%}, {settings['schedule']} schedule, lr {settings['lr']:g}"
+    where = "; ".join(dict.fromkeys(harness.machine_line(m) for m in machines))
+    title = (f"Quality at equal compute: {shapes} shapes, {recipe}, "
+             f"{steps} steps x {batch_size} x {seq_len} = {steps * batch_size * seq_len:,} tokens per model and seed "
+             f"({settings['distinct_training_batches']} distinct batches of {settings['corpus']}), seeds {seeds}; "
+             f"{where}.")  # fmt: skip
+    summary = summarize(runs)
+    print(f"\n{title}\n")
+    print_table(summary, len(seeds))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    plot(runs, title, output.with_suffix(".png"))
+    payload = {
+        "benchmark": "bench_quality", **{key: settings[key] for key in ("quick", *SAME_EXPERIMENT)},
+        "tokens_per_model": steps * batch_size * seq_len, "seeds": seeds,
+        "machine": machines[0] if len(machines) == 1 else machines,
+        "summary": summary, "runs": {str(seed): run for seed, run in runs.items()},
+    }  # fmt: skip
+    output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny config, 40 steps of 16 x 64 tokens, one seed")
@@ -155,7 +211,15 @@ def main():
     parser.add_argument("--upcycle_at", type=float, help="also train an upcycled MoE (dense for this share of steps)")
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="path without extension (default benchmarks/results/bench_quality[_quick])")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="combine earlier runs of one experiment at different seeds; trains nothing")
     args = parser.parse_args()
+    if args.combine:
+        settings, runs = combine(args.combine)
+        machines = [json.loads(path.read_text())["machine"] for path in args.combine]
+        output = Path(args.output or args.combine[0].with_name(args.combine[0].stem + "_combined"))
+        write(settings, runs, [m for ms in machines for m in (ms if isinstance(ms, list) else [ms])], output)
+        return
     config_name, seq_len, batch_size, steps, eval_every, seeds = MODES["quick" if args.quick else "full"]
     config_path = args.model_config or harness.REPO / "configs" / config_name
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
@@ -179,30 +243,16 @@ def main():
             eval_batches[: args.eval_batches], steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
         )  # fmt: skip
 
-    tokens = steps * batch_size * seq_len
-    shapes = Path(config_path).name + (f" + {args.config_overrides}" if args.config_overrides else "")
-    recipe = f"masking {args.mask_probability:.0%}, {args.schedule} schedule, lr {args.lr:g}"
-    title = (f"Quality at equal compute: {shapes} shapes, {recipe}, "
-             f"{steps} steps x {batch_size} x {seq_len} = {tokens:,} tokens per model and seed "
-             f"({len(batches)} distinct batches of {corpus.name}), seeds {seeds}; "
-             f"{harness.machine_line()}.")  # fmt: skip
-    summary = summarize(runs)
-    print(f"\n{title}\n")
-    print_table(summary, len(seeds))
-    output = Path(args.output or harness.RESULTS / f"bench_quality{'_quick' if args.quick else ''}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    plot(runs, title, output.with_suffix(".png"))
-    payload = {
-        "benchmark": "bench_quality", "quick": args.quick, "model_config": Path(config_path).name,
-        "config_overrides": args.config_overrides, "models": list(runs[seeds[0]]), "corpus": corpus.name,
-        "seq_len": seq_len, "batch_size": batch_size, "steps": steps, "tokens_per_model": tokens, "seeds": seeds,
-        "distinct_training_batches": len(batches), "eval_masked_batches": args.eval_batches, "lr": args.lr,
-        "upcycle_at": args.upcycle_at, "mask_probability": args.mask_probability, "schedule": args.schedule,
+    settings = {
+        "quick": args.quick, "model_config": Path(config_path).name, "config_overrides": args.config_overrides,
+        "models": list(runs[seeds[0]]), "corpus": corpus.name, "seq_len": seq_len, "batch_size": batch_size,
+        "steps": steps, "distinct_training_batches": len(batches), "eval_masked_batches": args.eval_batches,
+        "lr": args.lr, "upcycle_at": args.upcycle_at, "mask_probability": args.mask_probability,
+        "schedule": args.schedule,
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, clip 1.0",
-        "machine": harness.machine(), "summary": summary, "runs": {str(seed): run for seed, run in runs.items()},
     }  # fmt: skip
-    output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
+    output = Path(args.output or harness.RESULTS / f"bench_quality{'_quick' if args.quick else ''}")
+    write(settings, runs, [harness.machine()], output)
 
 
 if __name__ == "__main__":

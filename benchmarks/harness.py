@@ -332,7 +332,8 @@ def machine() -> dict:
     }
 
 
-def machine_line() -> str:
-    m = machine()
+def machine_line(m: dict | None = None) -> str:
+    """`machine()` (this one now, or one recorded in a results file) in words."""
+    m = m or machine()
     return (f"CPU ({m['processor']}, {m['threads']} torch threads on {m['cpu_count']} cores, shared), "
             f"torch {m['torch']}, load average {m['load_average_1min']:.1f}")  # fmt: skip

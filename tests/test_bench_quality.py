@@ -1,0 +1,63 @@
+"""bench_quality --combine: seeds run as separate processes become one table, and only runs of one experiment do."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_quality  # noqa: E402
+import harness  # noqa: E402
+
+
+def model_run(final_loss: float, seconds: float) -> dict:
+    curve = [
+        {"step": 0, "tokens": 0, "seconds": 0.0, "eval_loss": 8.0},
+        {"step": 10, "tokens": 1000, "seconds": seconds, "eval_loss": final_loss, "train_loss": final_loss + 0.5,
+         "eval_accuracy": 0.2},
+    ]  # fmt: skip
+    return {"total_parameters": 10, "active_parameters": 5, "train_seconds": seconds,
+            "tokens_per_second": 1000 / seconds, "final": curve[-1], "curve": curve}  # fmt: skip
+
+
+def results_file(tmp_path: Path, seed: int, losses: dict[str, float], **changed) -> Path:
+    settings = {key: None for key in bench_quality.SAME_EXPERIMENT} | {
+        "quick": True, "model_config": "tiny.json", "config_overrides": "", "models": list(losses), "corpus": "c.txt",
+        "seq_len": 8, "batch_size": 2, "steps": 10, "mask_probability": 0.3, "schedule": "wsd", "lr": 1e-3,
+    }  # fmt: skip
+    runs = {name: model_run(loss, seconds=10.0 + i) for i, (name, loss) in enumerate(losses.items())}
+    payload = settings | changed | {"machine": harness.machine(), "runs": {str(seed): runs}}
+    path = tmp_path / f"seed{seed}.json"
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_combining_two_single_seed_files_gives_the_two_seed_summary(tmp_path):
+    seed0 = results_file(tmp_path, 0, {"moe": 3.0, "modernbert": 4.0})
+    seed1 = results_file(tmp_path, 1, {"moe": 5.0, "modernbert": 4.0})
+
+    settings, runs = bench_quality.combine([seed0, seed1])
+    summary = bench_quality.summarize(runs)
+    assert list(runs) == [0, 1]
+    assert summary["moe"]["loss_equal_tokens"] == pytest.approx(4.0)
+    assert summary["moe"]["spread_equal_tokens"] == pytest.approx(2.0)
+    assert summary["moe"]["vs_reference_equal_tokens"] == pytest.approx(0.0)
+
+    output = tmp_path / "combined"
+    bench_quality.write(settings, runs, [harness.machine()], output)
+    written = json.loads(output.with_suffix(".json").read_text())
+    assert written["seeds"] == [0, 1] and set(written["runs"]) == {"0", "1"}
+    assert written["summary"]["moe"]["loss_equal_tokens"] == pytest.approx(4.0)
+    assert output.with_suffix(".png").stat().st_size > 0
+
+
+def test_combine_refuses_other_settings_and_repeated_seeds(tmp_path):
+    seed0 = results_file(tmp_path, 0, {"moe": 3.0, "modernbert": 4.0})
+    other = results_file(tmp_path, 1, {"moe": 3.0, "modernbert": 4.0}, steps=20)
+    with pytest.raises(ValueError, match=r"seed1\.json: steps is 20, but .*seed0\.json has 10"):
+        bench_quality.combine([seed0, other])
+    with pytest.raises(ValueError, match="seed 0 is already in an earlier file"):
+        bench_quality.combine([seed0, seed0])
