@@ -28,6 +28,10 @@ Seeds can run as separate processes (e.g. one thread each on a 2-core machine), 
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --seeds 0 --output /tmp/seed0 &   # and --seeds 1 ...
     python benchmarks/bench_quality.py --combine /tmp/seed0.json /tmp/seed1.json --output benchmarks/results/NAME
+
+When only our models change (--config_overrides that leave the shapes alone), the reference need not train again:
+--reference JSON takes ModernBERT's runs, seed by seed, from an earlier run of the same settings (its wall-clock
+then comes from that run's machine, which the title names). --dropout P regularises every contender alike.
 """
 
 import argparse
@@ -53,12 +57,15 @@ MODES = {  # config, seq_len, batch, steps, eval_every, seeds
 }
 
 
-def contenders(config, tokenizer, upcycle_at: float | None, schedule: str, names: set[str] | None = None) -> dict:
+def contenders(
+    config, tokenizer, upcycle_at: float | None, schedule: str, names: set[str] | None = None, dropout: float = 0.0
+) -> dict:
+    """The models to train side by side. `dropout` is the anchors' (ours take theirs from `config.hidden_dropout`)."""
     builders = {
         "moe": lambda: SpanishMoEBertForMaskedLM(config),
         "dense twin": lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
-        "modernbert": lambda: ModernBertForMaskedLM(harness.modernbert_config(config, tokenizer)),
-        "bert": lambda: BertForMaskedLM(harness.bert_config(config, tokenizer)),
+        "modernbert": lambda: ModernBertForMaskedLM(harness.modernbert_config(config, tokenizer, dropout)),
+        "bert": lambda: BertForMaskedLM(harness.bert_config(config, tokenizer, dropout)),
     }
     names = names or CONTENDERS
     models = {name: harness.Contender(build=builders[name], schedule=schedule) for name in CONTENDERS if name in names}
@@ -141,9 +148,10 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
 
 
 # Settings that make runs of different seeds one experiment (everything but the seeds and the machine).
+# "dropout" is absent (None) from the files written before --dropout, which trained without.
 SAME_EXPERIMENT = ("model_config", "config_overrides", "models", "corpus", "seq_len", "batch_size", "steps",
                    "distinct_training_batches", "eval_masked_batches", "lr", "upcycle_at", "mask_probability",
-                   "schedule", "optimizer")  # fmt: skip
+                   "schedule", "optimizer", "dropout")  # fmt: skip
 
 
 def combine(paths: list[Path]) -> tuple[dict, dict]:
@@ -165,6 +173,33 @@ def combine(paths: list[Path]) -> tuple[dict, dict]:
     return first, runs
 
 
+# Settings the reference must share with a run that reuses it (our config overrides and the model list may differ).
+REFERENCE_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in ("config_overrides", "models"))
+
+
+def reference_runs(
+    path: Path, settings: dict, seeds: list[int], modernbert_parameters: int
+) -> tuple[dict[int, dict], list[dict]]:
+    """ModernBERT's runs in an earlier results file by seed, and the machines they ran on. Refuses a file of other
+    settings, a ModernBERT of another size (the overrides changed the shapes) or a file without one of the seeds."""
+    payload = json.loads(Path(path).read_text())
+    for key in REFERENCE_SETTINGS:
+        if payload.get(key) != settings.get(key):
+            raise ValueError(f"{path}: {key} is {payload.get(key)!r}, but this run has {settings.get(key)!r}: "
+                             "the reference must come from a run of the same settings")  # fmt: skip
+    runs = {}
+    for seed in seeds:
+        run = payload["runs"].get(str(seed), {}).get("modernbert")
+        if run is None:
+            raise ValueError(f"{path}: no modernbert run at seed {seed} (it has seeds {sorted(payload['runs'])})")
+        if run["total_parameters"] != modernbert_parameters:
+            raise ValueError(f"{path}: its modernbert has {run['total_parameters']:,} parameters, this run's "
+                             f"{modernbert_parameters:,}: the config overrides change the shapes")  # fmt: skip
+        runs[seed] = run
+    machines = payload["machine"]
+    return runs, machines if isinstance(machines, list) else [machines]
+
+
 def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: Path) -> None:
     """Summary table on stdout, curves as .png and everything as .json at `output` (a path without extension)."""
     seeds = list(runs)
@@ -182,11 +217,11 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
     output.parent.mkdir(parents=True, exist_ok=True)
     plot(runs, title, output.with_suffix(".png"))
     payload = {
-        "benchmark": "bench_quality", **{key: settings[key] for key in ("quick", *SAME_EXPERIMENT)},
+        "benchmark": "bench_quality", **{key: settings.get(key) for key in ("quick", *SAME_EXPERIMENT)},
         "tokens_per_model": steps * batch_size * seq_len, "seeds": seeds,
         "machine": machines[0] if len(machines) == 1 else machines,
         "summary": summary, "runs": {str(seed): run for seed, run in runs.items()},
-    }  # fmt: skip
+    } | ({"modernbert_from": settings["modernbert_from"]} if settings.get("modernbert_from") else {})  # fmt: skip
     output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
 
@@ -208,11 +243,16 @@ def main():
     parser.add_argument(
         "--models", nargs="+", choices=CONTENDERS, help="train only these (default: all four; modernbert is kept)"
     )
+    parser.add_argument("--dropout", type=float,
+                        help="dropout on every contender (ours: hidden_dropout; ModernBERT: attention and MLP; "
+                        "BERT: hidden and attention); default none")  # fmt: skip
     parser.add_argument("--upcycle_at", type=float, help="also train an upcycled MoE (dense for this share of steps)")
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="path without extension (default benchmarks/results/bench_quality[_quick])")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                         help="combine earlier runs of one experiment at different seeds; trains nothing")
+    parser.add_argument("--reference", type=Path, metavar="JSON",
+                        help="take modernbert's runs from this earlier run of the same settings instead of training it")
     args = parser.parse_args()
     if args.combine:
         settings, runs = combine(args.combine)
@@ -225,6 +265,10 @@ def main():
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
     steps, eval_every, seeds = args.steps or steps, args.eval_every or eval_every, args.seeds or seeds
     models = args.models and {*args.models, "modernbert"}  # the reference of every comparison
+    if args.reference:
+        models = (models or set(CONTENDERS)) - {"modernbert"}
+        if not models:
+            parser.error("--reference replaces the modernbert runs: name the other models to train with --models")
     keep_freed_memory()
 
     corpus = args.corpus or harness.default_corpus(args.quick)
@@ -233,27 +277,41 @@ def main():
     if args.config_overrides:
         config.update_from_string(args.config_overrides)
         config.validate_architecture()
-    runs = {}
-    for seed in seeds:
-        batches, eval_batches = harness.mlm_data(
+    if args.dropout is not None:
+        config.hidden_dropout = args.dropout
+    data = {
+        seed: harness.mlm_data(
             tokenizer, seq_len, batch_size, seed=seed, corpus=corpus, mask_probability=args.mask_probability
         )
-        runs[seed] = harness.train_side_by_side(
-            contenders(config, tokenizer, args.upcycle_at, args.schedule, models), batches,
-            eval_batches[: args.eval_batches], steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
-        )  # fmt: skip
-
+        for seed in seeds
+    }
     settings = {
         "quick": args.quick, "model_config": Path(config_path).name, "config_overrides": args.config_overrides,
-        "models": list(runs[seeds[0]]), "corpus": corpus.name, "seq_len": seq_len, "batch_size": batch_size,
-        "steps": steps, "distinct_training_batches": len(batches), "eval_masked_batches": args.eval_batches,
+        "corpus": corpus.name, "seq_len": seq_len, "batch_size": batch_size,
+        "steps": steps, "distinct_training_batches": len(data[seeds[0]][0]), "eval_masked_batches": args.eval_batches,
         "lr": args.lr, "upcycle_at": args.upcycle_at, "mask_probability": args.mask_probability,
         "schedule": args.schedule,
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, clip 1.0",
+        "dropout": args.dropout, "modernbert_from": args.reference and args.reference.name,
     }  # fmt: skip
-    output = Path(args.output or harness.RESULTS / f"bench_quality{'_quick' if args.quick else ''}")
-    write(settings, runs, [harness.machine()], output)
+    machines = [harness.machine()]
+    if args.reference:  # checked before an hour of training, not after
+        modernbert = ModernBertForMaskedLM(harness.modernbert_config(config, tokenizer))
+        reference, reference_machines = reference_runs(args.reference, settings, seeds, modernbert.num_parameters())
+        machines += reference_machines
+    runs = {}
+    for seed in seeds:
+        batches, eval_batches = data[seed]
+        runs[seed] = harness.train_side_by_side(
+            contenders(config, tokenizer, args.upcycle_at, args.schedule, models, args.dropout or 0.0), batches,
+            eval_batches[: args.eval_batches], steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
+        )  # fmt: skip
+        if args.reference:
+            runs[seed]["modernbert"] = reference[seed]
 
+    settings["models"] = list(runs[seeds[0]])
+    output = Path(args.output or harness.RESULTS / f"bench_quality{'_quick' if args.quick else ''}")
+    write(settings, runs, machines, output)
 
 if __name__ == "__main__":
     main()

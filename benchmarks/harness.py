@@ -66,9 +66,12 @@ def our_config(path: str | Path, tokenizer, **overrides) -> SpanishMoEBertConfig
     return SpanishMoEBertConfig.from_dict(values)
 
 
-def modernbert_config(config: SpanishMoEBertConfig, tokenizer) -> ModernBertConfig:
-    """ModernBERT as designed (GeGLU, pre-LayerNorm, RoPE, local/global attention), at our shapes."""
+def modernbert_config(config: SpanishMoEBertConfig, tokenizer, dropout: float = 0.0) -> ModernBertConfig:
+    """ModernBERT as designed (GeGLU, pre-LayerNorm, RoPE, local/global attention), at our shapes. `dropout`: on its
+    attention (probabilities and output) and inside its MLP."""
     return ModernBertConfig(
+        attention_dropout=dropout,
+        mlp_dropout=dropout,
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
@@ -84,8 +87,9 @@ def modernbert_config(config: SpanishMoEBertConfig, tokenizer) -> ModernBertConf
     )
 
 
-def bert_config(config: SpanishMoEBertConfig, tokenizer) -> BertConfig:
-    """Classic BERT (post-LayerNorm, GELU MLP, learned positions) at our shapes."""
+def bert_config(config: SpanishMoEBertConfig, tokenizer, dropout: float = 0.0) -> BertConfig:
+    """Classic BERT (post-LayerNorm, GELU MLP, learned positions) at our shapes. `dropout`: its hidden and attention
+    dropout."""
     return BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
@@ -94,8 +98,8 @@ def bert_config(config: SpanishMoEBertConfig, tokenizer) -> BertConfig:
         intermediate_size=3 * config.active_intermediate_size // 2,  # plain MLP: 2 * H * I weights
         max_position_embeddings=config.max_position_embeddings,
         pad_token_id=tokenizer.pad_token_id,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -61,3 +62,39 @@ def test_combine_refuses_other_settings_and_repeated_seeds(tmp_path):
         bench_quality.combine([seed0, other])
     with pytest.raises(ValueError, match="seed 0 is already in an earlier file"):
         bench_quality.combine([seed0, seed0])
+
+
+def test_reference_takes_modernbert_runs_of_the_same_settings_only(tmp_path):
+    earlier = results_file(tmp_path, 0, {"moe": 3.0, "modernbert": 4.0}, config_overrides="hidden_dropout=0.1")
+    settings = json.loads(earlier.read_text()) | {"config_overrides": "", "models": ["moe"]}  # ours may differ
+
+    runs, machines = bench_quality.reference_runs(earlier, settings, [0], modernbert_parameters=10)
+    assert runs[0]["final"]["eval_loss"] == 4.0 and machines[0]["device"] == "cpu"
+
+    with pytest.raises(ValueError, match=r"seed0\.json: mask_probability is 0\.3, but this run has 0\.15"):
+        bench_quality.reference_runs(earlier, settings | {"mask_probability": 0.15}, [0], modernbert_parameters=10)
+    with pytest.raises(ValueError, match=r"no modernbert run at seed 1 \(it has seeds \['0'\]\)"):
+        bench_quality.reference_runs(earlier, settings, [0, 1], modernbert_parameters=10)
+    with pytest.raises(ValueError, match="its modernbert has 10 parameters, this run's 12: the config overrides"):
+        bench_quality.reference_runs(earlier, settings, [0], modernbert_parameters=12)
+
+
+class _Tokenizer:  # what the anchors' configs read from a tokenizer
+    pad_token_id, cls_token_id, sep_token_id = 0, 1, 2
+
+    def __len__(self):
+        return 300
+
+
+def test_dropout_reaches_every_contender():
+    from configuration_spanish_moe_bert import SpanishMoEBertConfig
+
+    config = SpanishMoEBertConfig.from_json_file(str(REPO / "configs" / "tiny.json"))
+    config.vocab_size, config.hidden_dropout = 300, 0.1  # what --dropout 0.1 sets on ours
+    contenders = bench_quality.contenders(config, _Tokenizer(), None, "wsd", dropout=0.1)
+    models = {name: contender.build() for name, contender in contenders.items()}
+    assert set(models) == {"moe", "dense twin", "modernbert", "bert"}
+    for name, model in models.items():
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        assert 0.1 in rates, f"{name} has no dropout at 0.1: {rates}"
+    assert models["modernbert"].config.mlp_dropout == models["bert"].config.hidden_dropout_prob == 0.1
