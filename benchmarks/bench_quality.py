@@ -31,7 +31,8 @@ Seeds can run as separate processes (e.g. one thread each on a 2-core machine), 
 
 When only our models change (--config_overrides that leave the shapes alone), the reference need not train again:
 --reference JSON takes ModernBERT's runs, seed by seed, from an earlier run of the same settings (its wall-clock
-then comes from that run's machine, which the title names). --dropout P regularises every contender alike.
+then comes from that run's machine, which the title names). --dropout P regularises every contender alike;
+--expert_weight_decay W gives the MoE experts' weights their own weight decay (the rest keeps 0.01).
 """
 
 import argparse
@@ -148,10 +149,11 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
 
 
 # Settings that make runs of different seeds one experiment (everything but the seeds and the machine).
-# "dropout" is absent (None) from the files written before --dropout, which trained without.
+# "dropout" and "expert_weight_decay" are absent (None) from the files written before those options, which trained
+# without them.
 SAME_EXPERIMENT = ("model_config", "config_overrides", "models", "corpus", "seq_len", "batch_size", "steps",
                    "distinct_training_batches", "eval_masked_batches", "lr", "upcycle_at", "mask_probability",
-                   "schedule", "optimizer", "dropout")  # fmt: skip
+                   "schedule", "optimizer", "dropout", "expert_weight_decay")  # fmt: skip
 
 
 def combine(paths: list[Path]) -> tuple[dict, dict]:
@@ -174,7 +176,8 @@ def combine(paths: list[Path]) -> tuple[dict, dict]:
 
 
 # Settings the reference must share with a run that reuses it (our config overrides and the model list may differ).
-REFERENCE_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in ("config_overrides", "models"))
+OURS_ONLY = ("config_overrides", "models", "expert_weight_decay")  # ModernBERT is the same without them
+REFERENCE_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in OURS_ONLY)
 
 
 def reference_runs(
@@ -206,6 +209,10 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
     steps, batch_size, seq_len = settings["steps"], settings["batch_size"], settings["seq_len"]
     shapes = settings["model_config"] + (f" + {settings['config_overrides']}" if settings["config_overrides"] else "")
     recipe = f"masking {settings['mask_probability']:.0%}, {settings['schedule']} schedule, lr {settings['lr']:g}"
+    if settings.get("dropout"):
+        recipe += f", dropout {settings['dropout']:g}"
+    if settings.get("expert_weight_decay") is not None:
+        recipe += f", expert weight decay {settings['expert_weight_decay']:g}"
     where = "; ".join(dict.fromkeys(harness.machine_line(m) for m in machines))
     title = (f"Quality at equal compute: {shapes} shapes, {recipe}, "
              f"{steps} steps x {batch_size} x {seq_len} = {steps * batch_size * seq_len:,} tokens per model and seed "
@@ -246,6 +253,8 @@ def main():
     parser.add_argument("--dropout", type=float,
                         help="dropout on every contender (ours: hidden_dropout; ModernBERT: attention and MLP; "
                         "BERT: hidden and attention); default none")  # fmt: skip
+    parser.add_argument("--expert_weight_decay", type=float,
+                        help="AdamW weight decay of the MoE experts' weights (default: the 0.01 of all the others)")
     parser.add_argument("--upcycle_at", type=float, help="also train an upcycled MoE (dense for this share of steps)")
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="path without extension (default benchmarks/results/bench_quality[_quick])")
@@ -292,7 +301,8 @@ def main():
         "lr": args.lr, "upcycle_at": args.upcycle_at, "mask_probability": args.mask_probability,
         "schedule": args.schedule,
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, clip 1.0",
-        "dropout": args.dropout, "modernbert_from": args.reference and args.reference.name,
+        "dropout": args.dropout, "expert_weight_decay": args.expert_weight_decay,
+        "modernbert_from": args.reference and args.reference.name,
     }  # fmt: skip
     machines = [harness.machine()]
     if args.reference:  # checked before an hour of training, not after
@@ -305,6 +315,7 @@ def main():
         runs[seed] = harness.train_side_by_side(
             contenders(config, tokenizer, args.upcycle_at, args.schedule, models, args.dropout or 0.0), batches,
             eval_batches[: args.eval_batches], steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
+            expert_weight_decay=args.expert_weight_decay,
         )  # fmt: skip
         if args.reference:
             runs[seed]["modernbert"] = reference[seed]

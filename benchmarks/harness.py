@@ -242,15 +242,18 @@ def train_side_by_side(
     lr: float = 1e-3,
     warmup_fraction: float = 0.1,
     weight_decay: float = 0.01,
+    expert_weight_decay: float | None = None,
     seed: int = 0,
     log=print,
 ) -> dict:
     """Train every contender (a `Contender`, or just a model factory) one step each in turn, on its batches in the
     same order, with AdamW, clipping at 1.0 and its schedule; evaluate all every `eval_every` steps. Wall time counts
     only each model's own steps. The curves record held-out loss and accuracy, and the mean training MLM loss
-    since the previous evaluation (so that overfitting shows)."""
+    since the previous evaluation (so that overfitting shows). `expert_weight_decay`, when given, replaces
+    `weight_decay` on the MoE experts' weights (the other parameters and models without experts keep it)."""
     runs, prior_counts = {}, None
     warmup = max(1, int(steps * warmup_fraction))
+    decay = (weight_decay, weight_decay if expert_weight_decay is None else expert_weight_decay)
     for name, contender in contenders.items():
         contender = contender if isinstance(contender, Contender) else Contender(build=contender)
         torch.manual_seed(seed)  # same init RNG stream for every contender
@@ -260,7 +263,7 @@ def train_side_by_side(
                 prior_counts = output_prior_counts(batches, model.config.vocab_size)
             init_output_prior(model, prior_counts)
         run = {"contender": contender, "model": model, "seconds": 0.0, "losses": [], "lr": contender.lr or lr}
-        run["optimizer"], run["schedule"] = optimizer_and_schedule(run, steps, warmup, weight_decay, start=0)
+        run["optimizer"], run["schedule"] = optimizer_and_schedule(run, steps, warmup, decay, start=0)
         run["curve"] = [{"step": 0, "tokens": 0, "seconds": 0.0, **evaluate(model, eval_batches)}]
         runs[name] = run
         log(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
@@ -273,7 +276,7 @@ def train_side_by_side(
             began = time.perf_counter()
             if contender.upcycle_at is not None and step == int(contender.upcycle_at * steps):
                 run["model"] = contender.upcycle(run["model"]).train()
-                run["optimizer"], run["schedule"] = optimizer_and_schedule(run, steps, warmup, weight_decay, step)
+                run["optimizer"], run["schedule"] = optimizer_and_schedule(run, steps, warmup, decay, step)
             model, optimizer = run["model"], run["optimizer"]
             loss, mlm_loss = training_loss(model, (contender.batches or batches)[step % len(batches)])
             loss.backward()
@@ -308,9 +311,16 @@ def train_side_by_side(
     }
 
 
-def optimizer_and_schedule(run: dict, steps: int, warmup: int, weight_decay: float, start: int):
-    """AdamW for the run's model and its schedule, continuing from step `start` (a fresh model after upcycling)."""
-    optimizer = torch.optim.AdamW(run["model"].parameters(), lr=run["lr"], weight_decay=weight_decay, betas=(0.9, 0.98))
+def optimizer_and_schedule(run: dict, steps: int, warmup: int, decay: tuple[float, float], start: int):
+    """AdamW for the run's model and its schedule, continuing from step `start` (a fresh model after upcycling).
+    `decay`: the weight decay of (everything else, the MoE experts' weights)."""
+    named = list(run["model"].named_parameters())
+    groups = [
+        {"params": [p for name, p in named if ".experts." not in name], "weight_decay": decay[0]},
+        {"params": [p for name, p in named if ".experts." in name], "weight_decay": decay[1]},
+    ]
+    groups = [group for group in groups if group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=run["lr"], betas=(0.9, 0.98))
     kind = run["contender"].schedule
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(kind, s + start, steps, warmup))
     return optimizer, schedule

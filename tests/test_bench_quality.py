@@ -98,3 +98,23 @@ def test_dropout_reaches_every_contender():
         rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
         assert 0.1 in rates, f"{name} has no dropout at 0.1: {rates}"
     assert models["modernbert"].config.mlp_dropout == models["bert"].config.hidden_dropout_prob == 0.1
+
+
+def test_expert_weight_decay_applies_to_the_experts_only():
+    from configuration_spanish_moe_bert import SpanishMoEBertConfig
+
+    config = SpanishMoEBertConfig.from_json_file(str(REPO / "configs" / "tiny.json"))
+    config.vocab_size = 300
+    built = {name: c.build() for name, c in bench_quality.contenders(config, _Tokenizer(), None, "wsd").items()}
+    for name, model in built.items():
+        run = {"model": model, "lr": 1e-3, "contender": harness.Contender(build=lambda: model)}
+        optimizer, _ = harness.optimizer_and_schedule(run, steps=10, warmup=1, decay=(0.01, 0.1), start=0)
+        decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+        assert len(decay_of) == len(list(model.parameters())), name  # every parameter, once
+        for parameter_name, parameter in model.named_parameters():
+            expected = 0.1 if ".experts." in parameter_name else 0.01
+            assert decay_of[id(parameter)] == expected, (name, parameter_name)
+    assert any(".experts." in n for n, _ in built["moe"].named_parameters())
+    # an earlier ModernBERT run stays a valid reference when only the experts' decay changes
+    assert "expert_weight_decay" in bench_quality.SAME_EXPERIMENT
+    assert "expert_weight_decay" not in bench_quality.REFERENCE_SETTINGS
