@@ -4,8 +4,10 @@
 The dense twin replaces every sparse layer by one SwiGLU of width num_experts_per_tok * moe_intermediate_size, so
 both spend the same feed-forward FLOPs per token: the difference is what routing costs. ModernBERT (GeGLU of the
 same width, LayerNorm, its own attention) predicts only at masked positions, as ours does (`sparse_prediction`).
-All train in one process on the same blocks of the bundled corpus (forward, backward, AdamW step), in alternating
-rounds so that machine noise hits all alike, with freed memory kept for reuse as run_mlm.py does on CPUs.
+All train in one process on the same blocks of the bundled corpus (forward, backward, optimizer step), in alternating
+rounds so that machine noise hits all alike, with freed memory kept for reuse as run_mlm.py does on CPUs. The
+optimizer is the one run_mlm.py's Trainer builds by default (fused AdamW), whose step costs with the total
+parameters, not the active ones.
 
     python benchmarks/bench_train.py            # mini shapes and the published widths (4 layers, 512 tokens)
     python benchmarks/bench_train.py --quick    # a smoke run in seconds
@@ -15,6 +17,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from itertools import islice
 from pathlib import Path
@@ -24,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from transformers import ModernBertForMaskedLM  # noqa: E402
+from transformers import ModernBertForMaskedLM, Trainer, TrainingArguments  # noqa: E402
 
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
 from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
@@ -36,6 +39,18 @@ def training_batches(tokenizer, seq_len: int, batch_size: int, count: int) -> li
     collate = MaskingCollator.for_tokenizer(tokenizer, mlm_probability=0.15)
     examples = list(islice(blocks, batch_size * count))
     return [collate(examples[i * batch_size : (i + 1) * batch_size]) for i in range(count)]
+
+
+def trainer_optimizer(model, output_dir: str) -> torch.optim.Optimizer:
+    """The optimizer a default `Trainer` (run_mlm.py's) builds for `model`, at learning rate 1e-4."""
+    args = TrainingArguments(output_dir=output_dir, learning_rate=1e-4, report_to=[])
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return optimizer_cls(model.parameters(), **kwargs)
+
+
+def describe(optimizer: torch.optim.Optimizer) -> str:
+    fused = optimizer.defaults.get("fused")
+    return f"{type(optimizer).__name__}{' (fused)' if fused else ''}"
 
 
 def train_steps(model, optimizer, batches) -> float:
@@ -55,7 +70,7 @@ MODES = {  # config, layers (None: as in the file), sequence length, batch size
 }
 
 
-def measure(mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: bool) -> dict:
+def measure(mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: bool, output_dir: str) -> dict:
     config_name, layers, seq_len, batch_size = MODES[mode]
     if quick:
         batch_size = 2
@@ -71,7 +86,7 @@ def measure(mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: b
     for name, factory in factories.items():
         torch.manual_seed(0)
         model = factory().train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = trainer_optimizer(model, output_dir)
         train_steps(model, optimizer, batches[:warmup])
         runs[name] = {"model": model, "optimizer": optimizer, "round_seconds": []}
     for _ in range(rounds):  # alternate, so drift in machine speed affects all
@@ -94,7 +109,8 @@ def measure(mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: b
         result["vs_dense_twin"] = result["tokens_per_second"] / results["dense twin"]["tokens_per_second"]
     shape = (f"{config_name}: H {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_experts} "
              f"experts x {config.moe_intermediate_size} top-{config.num_experts_per_tok}")  # fmt: skip
-    return {"shape": shape, "seq_len": seq_len, "batch_size": batch_size, "results": results}
+    optimizer = describe(next(iter(runs.values()))["optimizer"])
+    return {"shape": shape, "seq_len": seq_len, "batch_size": batch_size, "optimizer": optimizer, "results": results}
 
 
 def main():
@@ -111,10 +127,15 @@ def main():
     keep_freed_memory()
 
     tokenizer = harness.train_tokenizer(8000)
-    report = {mode: measure(mode, tokenizer, args.steps, args.rounds, args.warmup, args.quick) for mode in args.modes}
+    with tempfile.TemporaryDirectory() as output_dir:  # TrainingArguments wants one; nothing is written there
+        report = {
+            mode: measure(mode, tokenizer, args.steps, args.rounds, args.warmup, args.quick, output_dir)
+            for mode in args.modes
+        }
     for mode, r in report.items():
-        print(f"\nTraining throughput, {r['shape']}; batch {r['batch_size']} x {r['seq_len']} tokens, median of "
-              f"{args.rounds} rounds of {args.steps} steps; {harness.machine_line()}\n")  # fmt: skip
+        print(f"\nTraining throughput, {r['shape']}; batch {r['batch_size']} x {r['seq_len']} tokens, "
+              f"{r['optimizer']}, median of {args.rounds} rounds of {args.steps} steps; "
+              f"{harness.machine_line()}\n")  # fmt: skip
         print("| model | total params | active params | tokens/s | vs ModernBERT | vs dense twin |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, m in r["results"].items():
