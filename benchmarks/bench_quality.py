@@ -300,7 +300,8 @@ def main():
         "steps": steps, "distinct_training_batches": len(data[seeds[0]][0]), "eval_masked_batches": args.eval_batches,
         "lr": args.lr, "upcycle_at": args.upcycle_at, "mask_probability": args.mask_probability,
         "schedule": args.schedule,
-        "optimizer": "AdamW(fused, betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, clip 1.0",
+        "optimizer": "AdamW(fused, betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, "
+                     "clip 1.0",
         "dropout": args.dropout, "expert_weight_decay": args.expert_weight_decay,
         "modernbert_from": args.reference and args.reference.name,
     }  # fmt: skip
