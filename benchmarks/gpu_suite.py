@@ -157,7 +157,7 @@ def check(name: str, dtype: torch.dtype, error: float, tolerance: float) -> dict
     return {"check": name, "dtype": dtype, "error": error, "tolerance": tolerance, "passed": error <= tolerance}
 
 
-def check_model(device: torch.device, smoke: bool) -> list[dict]:
+def check_model(device: torch.device, smoke: bool, backend: str) -> list[dict]:
     """Padding invariance, sdpa = eager, a fully padded row, and compiled = eager, on a small model."""
     rows = []
     torch.manual_seed(0)
@@ -185,7 +185,7 @@ def check_model(device: torch.device, smoke: bool) -> list[dict]:
             record("sdpa = eager (real tokens)", dtype, relative_error(batched[real], eager[real]), tolerance)
 
     model = copy.deepcopy(base).to(device)
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, backend=backend)
     labels = ids.masked_fill(torch.rand(ids.shape, device=device) > 0.3, -100).masked_fill(mask == 0, -100)
     labels[0, 1] = ids[0, 1]
     with torch.no_grad():
@@ -203,13 +203,13 @@ def check_model(device: torch.device, smoke: bool) -> list[dict]:
     return rows
 
 
-def run_correctness(device: torch.device, smoke: bool, output_dir: Path) -> bool:
+def run_correctness(device: torch.device, smoke: bool, output_dir: Path, backend: str) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 checks at fp32 precision
-    rows = check_moe_paths(device, smoke) + check_model(device, smoke)
+    rows = check_moe_paths(device, smoke) + check_model(device, smoke, backend)
     passed = all(r["passed"] for r in rows)
     cells = [[r["check"], r["dtype"], f"{r['error']:.2e}", r["tolerance"], r["passed"]] for r in rows]
     print(table(["check", "dtype", "relative error", "tolerance", "passed"], cells))
-    write(output_dir, "correctness", device, {"passed": passed, "checks": rows})
+    write(output_dir, "correctness", device, {"passed": passed, "compile_backend": backend, "checks": rows})
     return passed
 
 
@@ -311,7 +311,7 @@ def measured_peak_tflops(device: torch.device, smoke: bool) -> float:
     return 2 * n**3 / median_seconds(lambda: a @ b, device, repeats=10, warmup=3) / 1e12
 
 
-def run_model(device: torch.device, smoke: bool, output_dir: Path) -> None:
+def run_model(device: torch.device, smoke: bool, output_dir: Path, backend: str) -> None:
     from accelerate.utils import compile_regions
 
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -333,7 +333,8 @@ def run_model(device: torch.device, smoke: bool, output_dir: Path) -> None:
         with autocast:
             flops = training_flops(counted, batch)
         for mode in ("eager", "compiled"):
-            runner = model if mode == "eager" else compile_regions(model)  # as run_mlm.py --torch_compile does
+            # compiled: as run_mlm.py --torch_compile does
+            runner = model if mode == "eager" else compile_regions(model, backend=backend)
             rows.append(time_training(name, mode, model, runner, batch, autocast, device, steps, smoke, flops, peak))
         del model, counted
         if device.type == "cuda":
@@ -351,8 +352,8 @@ def run_model(device: torch.device, smoke: bool, output_dir: Path) -> None:
     header = ["model", "mode", "active params", "tokens/s", "vs MoE eager", "TFLOP/s", "MFU (datasheet)",
               "MFU (measured peak)", "peak GiB"]  # fmt: skip
     print(table(header, cells))
-    payload = {"batch_size": batch_size, "seq_len": seq_len, "precision": "bf16 autocast", "rows": rows,
-               "measured_peak_tflops": peak, "datasheet_peak_tflops": datasheet}  # fmt: skip
+    payload = {"batch_size": batch_size, "seq_len": seq_len, "precision": "bf16 autocast", "compile_backend": backend,
+               "rows": rows, "measured_peak_tflops": peak, "datasheet_peak_tflops": datasheet}  # fmt: skip
     write(output_dir, "model", device, payload)
 
 
@@ -393,7 +394,8 @@ def time_training(name, mode, model, runner, batch, autocast, device, steps, smo
 
 def run_mlm_command(output_dir: Path, corpus: Path, smoke: bool, extra: list[str]) -> list[str]:
     run_file = "train_cpu_demo.json" if smoke else "train_large_a100.json"
-    steps = ["--max_steps", "20", "--save_steps", "10", "--eval_steps", "10", "--logging_steps", "2"] if smoke else [
+    steps = ["--max_steps", "20", "--save_steps", "10", "--eval_steps", "10", "--logging_steps", "2",
+             "--model_config", str(REPO / "configs" / "tiny.json")] if smoke else [
         "--max_steps", "200", "--save_steps", "100", "--eval_steps", "100", "--logging_steps", "10",
         "--per_device_train_batch_size", "32", "--gradient_accumulation_steps", "1", "--warmup_steps", "20",
         "--max_eval_samples", "64",
@@ -466,6 +468,9 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="run_mlm's training file (default: shared corpus, else bundled)")
     parser.add_argument("--output_dir", type=Path, default=REPO / "benchmarks" / "results" / "gpu")
     parser.add_argument("--work_dir", type=Path, default=REPO / "outputs" / "gpu_suite")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="torch.compile's backend for the compiled checks and rows; the CPU smoke test uses "
+                             "aot_eager (Dynamo and AOTAutograd without Inductor's C++ codegen, minutes on 2 cores)")
     args = parser.parse_args()
     device = torch.device(args.device)
     corpus = args.corpus or next(p for p in (REPO.parent / "shared" / "data" / "es_corpus.jsonl.gz",
@@ -477,11 +482,11 @@ def main() -> None:
         began = time.perf_counter()
         print(f"\n## {part}\n", flush=True)
         if part == "correctness":
-            ok &= run_correctness(device, args.smoke, args.output_dir)
+            ok &= run_correctness(device, args.smoke, args.output_dir, args.compile_backend)
         elif part == "moe":
             run_moe(device, args.smoke, args.output_dir)
         elif part == "model":
-            run_model(device, args.smoke, args.output_dir)
+            run_model(device, args.smoke, args.output_dir, args.compile_backend)
         else:
             ok &= run_run_mlm(device, args.smoke, args.output_dir, corpus, args.work_dir)
         print(f"({part}: {time.perf_counter() - began:.0f} s)", flush=True)
