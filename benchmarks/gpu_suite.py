@@ -470,7 +470,7 @@ def main() -> None:
     parser.add_argument("--work_dir", type=Path, default=REPO / "outputs" / "gpu_suite")
     parser.add_argument("--compile_backend", default="inductor",
                         help="torch.compile's backend for the compiled checks and rows; the CPU smoke test uses "
-                             "aot_eager (Dynamo and AOTAutograd without Inductor's C++ codegen, minutes on 2 cores)")
+                             "aot_eager (Dynamo and AOTAutograd without Inductor's C++ codegen; faster on 2 cores)")
     args = parser.parse_args()
     device = torch.device(args.device)
     corpus = args.corpus or next(p for p in (REPO.parent / "shared" / "data" / "es_corpus.jsonl.gz",

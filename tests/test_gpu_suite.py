@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_suite_runs_every_part_on_the_cpu_at_toy_sizes(tmp_path):
     # aot_eager: Dynamo and AOTAutograd trace the suite's compiled checks and rows as on a GPU, without Inductor's
-    # C++ codegen (about 70% of the test's time on 2 cores). Inductor's compiled = eager on the CPU is
-    # tests/test_transformers_contract.py's and test_run_mlm.py's job; the GPU suite's default backend is Inductor.
+    # C++ codegen; with the smoke mode's tiny run_mlm model the test takes ~120 s instead of ~400 s on 2 cores.
+    # Inductor's compiled = eager on the CPU is tests/test_transformers_contract.py's and test_run_mlm.py's job; the
+    # GPU suite's default backend is Inductor.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--smoke", "--device", "cpu",
                "--corpus", str(REPO / "data" / "es_corpus_sample.txt"),
