@@ -156,13 +156,14 @@ SAME_EXPERIMENT = ("model_config", "config_overrides", "models", "corpus", "seq_
                    "schedule", "optimizer", "dropout", "expert_weight_decay")  # fmt: skip
 
 
-def combine(paths: list[Path]) -> tuple[dict, dict]:
-    """Runs of one experiment at different seeds (bench_quality JSON files) -> (settings of the first, runs by seed).
+def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
+    """Runs of one experiment at different seeds (bench_quality JSON files) -> (settings of the first, runs by seed,
+    the machines they ran on).
 
     Refuses files whose settings differ (naming the file and the setting) or that repeat a seed."""
     payloads = [(path, json.loads(Path(path).read_text())) for path in paths]
     first_path, first = payloads[0]
-    runs = {}
+    runs, machines = {}, []
     for path, payload in payloads:
         for key in SAME_EXPERIMENT:
             if payload.get(key) != first.get(key):
@@ -172,7 +173,8 @@ def combine(paths: list[Path]) -> tuple[dict, dict]:
             if int(seed) in runs:
                 raise ValueError(f"{path}: seed {seed} is already in an earlier file")
             runs[int(seed)] = run
-    return first, runs
+        machines += payload["machine"] if isinstance(payload["machine"], list) else [payload["machine"]]
+    return first, runs, machines
 
 
 # Settings the reference must share with a run that reuses it (our config overrides and the model list may differ).
@@ -264,10 +266,9 @@ def main():
                         help="take modernbert's runs from this earlier run of the same settings instead of training it")
     args = parser.parse_args()
     if args.combine:
-        settings, runs = combine(args.combine)
-        machines = [json.loads(path.read_text())["machine"] for path in args.combine]
+        settings, runs, machines = combine(args.combine)
         output = Path(args.output or args.combine[0].with_name(args.combine[0].stem + "_combined"))
-        write(settings, runs, [m for ms in machines for m in (ms if isinstance(ms, list) else [ms])], output)
+        write(settings, runs, machines, output)
         return
     config_name, seq_len, batch_size, steps, eval_every, seeds = MODES["quick" if args.quick else "full"]
     config_path = args.model_config or harness.REPO / "configs" / config_name

@@ -40,15 +40,16 @@ def test_combining_two_single_seed_files_gives_the_two_seed_summary(tmp_path):
     seed0 = results_file(tmp_path, 0, {"moe": 3.0, "modernbert": 4.0})
     seed1 = results_file(tmp_path, 1, {"moe": 5.0, "modernbert": 4.0})
 
-    settings, runs = bench_quality.combine([seed0, seed1])
+    settings, runs, machines = bench_quality.combine([seed0, seed1])
     summary = bench_quality.summarize(runs)
     assert list(runs) == [0, 1]
+    assert machines == [json.loads(seed0.read_text())["machine"], json.loads(seed1.read_text())["machine"]]
     assert summary["moe"]["loss_equal_tokens"] == pytest.approx(4.0)
     assert summary["moe"]["spread_equal_tokens"] == pytest.approx(2.0)
     assert summary["moe"]["vs_reference_equal_tokens"] == pytest.approx(0.0)
 
     output = tmp_path / "combined"
-    bench_quality.write(settings, runs, [harness.machine()], output)
+    bench_quality.write(settings, runs, machines, output)
     written = json.loads(output.with_suffix(".json").read_text())
     assert written["seeds"] == [0, 1] and set(written["runs"]) == {"0", "1"}
     assert written["summary"]["moe"]["loss_equal_tokens"] == pytest.approx(4.0)
