@@ -31,6 +31,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402  (benchmarks/, the script's folder)
+
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertMLP, SpanishMoEBertSparseMoE  # noqa: E402
 from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
@@ -135,6 +137,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="4096 tokens, fewer rounds")
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results file (default results/moe[_quick][_default_allocator].json)")  # fmt: skip
     parser.add_argument(
         "--allocator",
         choices=("keep", "default"),
@@ -169,7 +173,7 @@ def main():
         f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows
     ]
     processor = platform.processor() or platform.machine()
-    machine = (f"{processor}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    machine = (f"{processor}, {harness.cpu_isa()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                f"allocator {args.allocator}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"MoE layer: hidden {config.hidden_size}, {config.num_experts} experts × {config.moe_intermediate_size}, "
           f"top-{config.num_experts_per_tok}; {machine}\n")  # fmt: skip
@@ -178,9 +182,9 @@ def main():
     if skipped:
         print(f"\nQwen3 batched_mm left out at {skipped} tokens: it would gather "
               f"{batched_mm_bytes(config, max(skipped)) / 2**30:.0f} GiB of per-token expert weights.")
-    RESULTS.mkdir(exist_ok=True)
     suffix = ("_quick" if args.quick else "") + ("_default_allocator" if args.allocator == "default" else "")
-    out = RESULTS / f"moe{suffix}.json"
+    out = args.output or RESULTS / f"moe{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 

@@ -336,12 +336,26 @@ def loss_at_seconds(curve: list[dict], seconds: float) -> float:
     return curve[-1]["eval_loss"]
 
 
+# Environment variables that make torch's kernels (ATen, MKL, oneDNN) use a lesser instruction set than the CPU has:
+# with all three set to AVX2 an AVX-512 machine measures close to an AVX2 one such as CI's.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_isa() -> str:
+    """The vector unit torch's kernels use (AVX2, AVX512, ...), and the variables limiting it if any are set."""
+    limits = " ".join(f"{name}={os.environ[name]}" for name in ISA_LIMITS if name in os.environ)
+    return torch.backends.cpu.get_cpu_capability() + (f" ({limits})" if limits else "")
+
+
 def machine() -> dict:
     return {
         "device": "cpu",
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        # The vector unit torch's kernels use (DEFAULT, AVX2, AVX512): GEMMs run ~2x faster with AVX-512, while
+        # gathers and sorts, memory-bound, do not, so ratios measured on different ones are not comparable.
+        "cpu_capability": cpu_isa(),
         "torch": torch.__version__,
         "load_average_1min": os.getloadavg()[0],
     }
@@ -350,5 +364,6 @@ def machine() -> dict:
 def machine_line(m: dict | None = None) -> str:
     """`machine()` (this one now, or one recorded in a results file) in words."""
     m = m or machine()
-    return (f"CPU ({m['processor']}, {m['threads']} torch threads on {m['cpu_count']} cores, shared), "
+    isa = f", {m['cpu_capability']}" if "cpu_capability" in m else ""  # files from before 2026-12-04 lack it
+    return (f"CPU ({m['processor']}{isa}, {m['threads']} torch threads on {m['cpu_count']} cores, shared), "
             f"torch {m['torch']}, load average {m['load_average_1min']:.1f}")  # fmt: skip
