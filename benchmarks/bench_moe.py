@@ -14,6 +14,11 @@ default` measures glibc's default, which maps and faults in every large buffer a
 
     python benchmarks/bench_moe.py --quick          # 4096 tokens, about a minute on 2 cores
     python benchmarks/bench_moe.py                  # 512 / 4096 / 16384 tokens
+    python benchmarks/bench_moe.py --tokens 4096 16384 --dtypes float32 --output /tmp/moe.json
+
+The machine line names the instruction set the kernels use: AVX-512 makes dense GEMMs ~2x faster and the MoE's
+gathers not, so ratios from AVX2 and AVX-512 machines differ. On an AVX-512 machine,
+`ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2` runs the AVX2 kernels.
 """
 
 import argparse
@@ -137,6 +142,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="4096 tokens, fewer rounds")
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
     parser.add_argument("--output", type=Path, default=None,
                         help="results file (default results/moe[_quick][_default_allocator].json)")  # fmt: skip
     parser.add_argument(
@@ -155,7 +161,7 @@ def main():
     models = contenders(config)
     rows = []
     for tokens in tokens_list:
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in [getattr(torch, name) for name in args.dtypes]:
             for backward in (False, True):
                 run = dict(models)
                 if batched_mm_bytes(config, tokens) > MAX_GATHER_BYTES:  # would be OOM-killed on 24 GB
