@@ -23,8 +23,6 @@ gathers not, so ratios from AVX2 and AVX-512 machines differ. On an AVX-512 mach
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -178,9 +176,7 @@ def main():
     lines = [
         f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows
     ]
-    processor = platform.processor() or platform.machine()
-    machine = (f"{processor}, {harness.cpu_isa()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-               f"allocator {args.allocator}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    machine = f"{harness.machine_line()}, allocator {args.allocator}"
     print(f"MoE layer: hidden {config.hidden_size}, {config.num_experts} experts × {config.moe_intermediate_size}, "
           f"top-{config.num_experts_per_tok}; {machine}\n")  # fmt: skip
     print("\n".join([header, *lines]))

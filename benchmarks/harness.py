@@ -353,9 +353,7 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
-        # The vector unit torch's kernels use (DEFAULT, AVX2, AVX512): GEMMs run ~2x faster with AVX-512, while
-        # gathers and sorts, memory-bound, do not, so ratios measured on different ones are not comparable.
-        "cpu_capability": cpu_isa(),
+        "cpu_capability": cpu_isa(),  # AVX-512 speeds dense GEMMs ~2x and the MoE's gathers hardly: ratios differ
         "torch": torch.__version__,
         "load_average_1min": os.getloadavg()[0],
     }
