@@ -25,6 +25,21 @@ def uses_gradient_cache(loss: nn.Module) -> bool:
     return False
 
 
+class _WithLossGradient(torch.autograd.Function):
+    """`output` unchanged; when the gradient of `output` is back-propagated, that of `scale * loss` goes with it
+    (as Megatron-LM's MoEAuxLossAutoScaler does): a loss computed mid-forward joins the one backward pass."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, loss: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad, scale, None
+
+
 class RouterLossWrapper(nn.Module):
     """A contrastive loss plus the MoE router losses (load balancing, z-loss) of the encoder's forwards.
 
@@ -36,8 +51,10 @@ class RouterLossWrapper(nn.Module):
     SentenceTransformerTrainer sums and logs separately.
 
     With a GradCache loss the forwards that carry gradients run inside the backward pass, mini-batch
-    by mini-batch, so there each router loss is back-propagated on the spot, scaled like the
-    contrastive loss (e.g. by gradient accumulation); the no-grad first pass gives the logged value.
+    by mini-batch. There each layer's router loss rides on that layer's output (`_WithLossGradient`), scaled
+    like the contrastive loss (e.g. by gradient accumulation), so that GradCache's one backward per mini-batch
+    carries it too; the no-grad first pass gives the logged value. (A backward of its own per layer would
+    run through every layer below it again: 2.4x the step time with mini's 6 MoE layers.)
     """
 
     def __init__(self, loss: nn.Module, model: SentenceTransformer, weight: float = 1.0):
@@ -70,9 +87,9 @@ class RouterLossWrapper(nn.Module):
         share = hidden_states.shape[0] / self._batch_rows / self._num_layers
         loss = self.weight * share * router_loss(self.config, stats)
         if self.cached and torch.is_grad_enabled():  # GradCache replay, inside backward
-            (loss * self._grad_scale).backward(retain_graph=True)
-        else:
-            self._terms.append(loss)
+            y, stats = output
+            return _WithLossGradient.apply(y, loss, self._grad_scale.to(loss.dtype)), stats
+        self._terms.append(loss)
 
     def _remember_grad_scale(self, grad: torch.Tensor) -> None:
         self._grad_scale = grad.detach()

@@ -108,6 +108,23 @@ def test_gradcache_gives_the_same_gradients_including_router_losses(batch_and_mo
         assert difference <= 1e-4 * plain_grads[name].norm() + 1e-9, name
 
 
+def test_gradcache_router_losses_add_no_backward_pass(batch_and_model):
+    """The router losses ride on GradCache's one backward per mini-batch: the embeddings get one gradient per
+    mini-batch, not one more per MoE layer (a backward of its own per layer repeats every layer below it)."""
+    model, batch = batch_and_model
+    embeddings = model[0].model.embeddings.word_embeddings.weight
+    cached = RouterLossWrapper(losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=2), model)
+    calls = []
+    handle = embeddings.register_hook(lambda grad: calls.append(1))
+    try:
+        parts, _ = grads(model, cached, batch)
+    finally:
+        handle.remove()
+        cached.remove_hooks()
+    assert cached._num_layers > 1 and parts["router"].item() > 0
+    assert len(calls) == sum(-(-f["input_ids"].shape[0] // 2) for f in batch)  # 3 columns x 2 mini-batches
+
+
 def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="--pooling must be one of"):
         make_args(mlm_checkpoint, pooling="max")
