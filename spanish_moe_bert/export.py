@@ -141,7 +141,7 @@ def evaluate_mlm(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def plot_loss_curve(trainer_state: dict | None, path: Path) -> bool:
+def plot_loss_curve(trainer_state: dict | None, path: Path, loss_name: str = "MLM") -> bool:
     """Training (and evaluation) loss against step from the Trainer's log_history; False if there is none."""
     history = (trainer_state or {}).get("log_history", [])
     train = [(e["step"], e["loss"]) for e in history if "loss" in e]
@@ -154,7 +154,7 @@ def plot_loss_curve(trainer_state: dict | None, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 3.5))
-    axes.plot(*zip(*train), label="training loss (MLM + router)")
+    axes.plot(*zip(*train), label=f"training loss ({loss_name} + router)")
     if evals:
         axes.plot(*zip(*evals), "o-", label="held-out MLM loss")
     axes.set_xlabel("step")
@@ -450,7 +450,8 @@ def export_model(
         moe_layers = [i for i, kind in enumerate(config.mlp_layer_types) if kind == "sparse"]
         if moe_layers:
             plot_expert_load(expert_load(model, tokenizer, EXPERT_LOAD_TEXTS), moe_layers, staging / EXPERT_LOAD_FILE)
-        loss_curve = plot_loss_curve(trainer_state, staging / LOSS_CURVE_FILE)
+        loss_name = "contrastive" if sentence_stage else "MLM"
+        loss_curve = plot_loss_curve(trainer_state, staging / LOSS_CURVE_FILE, loss_name)
         write_model_card(
             staging,
             config,
