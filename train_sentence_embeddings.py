@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +68,16 @@ class EmbeddingArguments:
     max_documents: int | None = field(default=None, metadata={"help": "Read at most this many documents."})
     pair_kinds: list[str] = field(
         default_factory=lambda: ["crop", "neighbours", "heading"],
-        metadata={"help": "Unsupervised pair builders: crop, neighbours, heading."},
+        metadata={"help": "Unsupervised pair builders: crop, neighbours, heading, section."},
+    )
+    crops_per_document: int = field(
+        default=PairConfig.crops_per_document, metadata={"help": "Crop pairs per document."}
+    )
+    neighbours_per_document: int = field(
+        default=PairConfig.neighbours_per_document, metadata={"help": "Most neighbours pairs per document."}
+    )
+    sections_per_document: int = field(
+        default=PairConfig.sections_per_document, metadata={"help": "Most section pairs per document."}
     )
     labelled_pairs: str | None = field(
         default=None, metadata={"help": 'Extra JSONL {"anchor","positive"[,"negative"]}.'}
@@ -101,6 +111,9 @@ class EmbeddingArguments:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("crops_per_document", "neighbours_per_document", "sections_per_document"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not Path(self.model_name_or_path, "config.json").is_file():
             raise FileNotFoundError(
                 f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)"
@@ -115,7 +128,12 @@ def load_pairs(args: EmbeddingArguments, seed: int) -> Dataset:
     """The training pairs as a Dataset with columns anchor, positive (and negative)."""
     held_out = HeldOutParagraphs.from_file(Path(args.dev_dir) / "heldout_paragraphs.txt")
     documents = iter_corpus(args.train_files, max_documents=args.max_documents)
-    pairs = build_pairs(documents, kinds=args.pair_kinds, held_out=held_out, seed=seed, config=PairConfig())
+    config = PairConfig(
+        crops_per_document=args.crops_per_document,
+        neighbours_per_document=args.neighbours_per_document,
+        sections_per_document=args.sections_per_document,
+    )
+    pairs = build_pairs(documents, kinds=args.pair_kinds, held_out=held_out, seed=seed, config=config)
     if args.labelled_pairs:
         pairs = read_labelled_pairs(args.labelled_pairs) + pairs
     pairs = pairs[: args.max_pairs]
@@ -123,10 +141,11 @@ def load_pairs(args: EmbeddingArguments, seed: int) -> Dataset:
         raise ValueError(
             f"only {len(pairs)} training pairs from {args.train_files}: documents too short or all held out"
         )
+    kinds = Counter(p.get("kind", "labelled") for p in pairs)
     if args.hard_negatives:  # labelled pairs that come with a negative keep it
         pairs = mine_bm25_negatives(pairs, seed=seed)
     columns = ["anchor", "positive"] + (["negative"] if args.hard_negatives else [])
-    logger.info("%d training pairs (%s)", len(pairs), ", ".join(columns))
+    logger.info("%d training pairs (%s): %s", len(pairs), ", ".join(columns), dict(kinds))
     return Dataset.from_dict({c: [p[c] for p in pairs] for c in columns})
 
 

@@ -6,7 +6,9 @@ pre-training:
 * independent cropping: two random spans of the same document (Izacard et al., 2021);
 * neighbouring paragraphs: paragraph i and paragraph i+1 of one document;
 * heading -> body: a document's title (a ``title`` field) or, where the corpus has none, its short
-  lead paragraph (a LibreOffice help summary, a man page's one-line description) and the rest.
+  lead paragraph (a LibreOffice help summary, a man page's one-line description) and the rest;
+* section -> body: the same inside a document, a short paragraph after the lead (a sub-heading, a one-line
+  step or option) and the text that follows it. A document has one lead but often many sections.
 
 Users may add labelled pairs from JSONL (``{"anchor", "positive"[, "negative"]}``), and every pair can
 get a hard negative mined with BM25 (``bm25s``) from the other documents' passages.
@@ -38,6 +40,7 @@ class PairConfig:
     crop_min_ratio: float = 0.1  # ... each span 10-50% of the window, drawn independently
     crop_max_ratio: float = 0.5
     neighbours_per_document: int = 2
+    sections_per_document: int = 2
     max_title_words: int = 30  # a lead paragraph this short counts as the document's heading
     max_body_words: int = 200
     min_words: int = MIN_WORDS
@@ -174,7 +177,23 @@ def heading_pairs(
     return [{"anchor": split[0], "positive": split[1], "doc": document_id(text)}]
 
 
-BUILDERS = {"crop": crop_pairs, "neighbours": neighbour_pairs, "heading": heading_pairs}
+def section_pairs(text: str, rng: random.Random, config: PairConfig = PairConfig()) -> list[dict]:
+    """Short paragraphs after the lead -> the text that follows each, a few per document.
+
+    The lead itself is `heading_pairs`' anchor. A section's body is built as a heading's is: the following
+    paragraphs cut to ``max_body_words``, kept if it has at least ``4 * min_words`` words."""
+    paras = paragraphs(text)
+    candidates = []
+    for i in range(1, len(paras) - 1):
+        if 2 <= len(paras[i].split()) <= config.max_title_words:
+            body = " ".join(" ".join(paras[i + 1 :]).split()[: config.max_body_words])
+            if len(body.split()) >= 4 * config.min_words:
+                candidates.append((paras[i], body))
+    chosen = rng.sample(candidates, min(config.sections_per_document, len(candidates)))
+    return [{"anchor": a, "positive": b, "doc": document_id(text)} for a, b in chosen]
+
+
+BUILDERS = {"crop": crop_pairs, "neighbours": neighbour_pairs, "heading": heading_pairs, "section": section_pairs}
 
 
 def build_pairs(
@@ -184,7 +203,9 @@ def build_pairs(
     seed: int = 0,
     config: PairConfig = PairConfig(),
 ) -> list[dict]:
-    """Pairs of the chosen kinds from every document not held out, shuffled; the same for the same seed."""
+    """Pairs of the chosen kinds from every document not held out, shuffled; the same for the same seed.
+
+    Each pair is a dict with "anchor", "positive", "doc" (the document's id, for negative mining) and "kind"."""
     kinds = list(kinds)
     unknown = [k for k in kinds if k not in BUILDERS]
     if unknown:
@@ -195,7 +216,7 @@ def build_pairs(
         if held_out is not None and held_out.touches(text):
             continue
         for kind in kinds:
-            pairs.extend(BUILDERS[kind](text, rng, config))
+            pairs.extend({**pair, "kind": kind} for pair in BUILDERS[kind](text, rng, config))
     rng.shuffle(pairs)
     return pairs
 

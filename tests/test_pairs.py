@@ -19,6 +19,7 @@ from spanish_moe_bert.pairs import (
     paragraph_key,
     paragraphs,
     read_labelled_pairs,
+    section_pairs,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,47 @@ def test_heading_is_the_title_field_or_a_short_lead_paragraph():
     assert titled["anchor"] == "Opciones de imagen" and titled["positive"].startswith("Configura")
     long_lead = " ".join(["palabra"] * 40) + "\n" + "\n".join(paragraphs(doc)[1:])
     assert heading_pairs(long_lead, random.Random(0)) == []
+
+
+def make_sectioned_document(i: int, sections: int = 4) -> str:
+    """A help page with a summary line, then several sub-headed sections of two long paragraphs each."""
+    topic = TOPICS[i % len(TOPICS)]
+    parts = [f"Configura la {topic} número {i} del documento."]
+    for s in range(sections):
+        parts += [
+            f"Opciones de la {topic} {s}",
+            f"La opción {s} de la {topic} {i} cambia el aspecto de todas las páginas del documento abierto.",
+            f"Pulse Aceptar para aplicar la opción {s} a la {topic} {i} y cerrar el diálogo de opciones.",
+        ]
+    return "\n".join(parts)
+
+
+def test_sections_are_short_inner_paragraphs_and_the_text_after_them_capped_per_document():
+    doc = make_sectioned_document(3)
+    paras = paragraphs(doc)
+    pairs = section_pairs(doc, random.Random(0), PairConfig(sections_per_document=3))
+    assert len(pairs) == 3 and len({p["anchor"] for p in pairs}) == 3
+    for pair in pairs:
+        assert pair["anchor"] != paras[0]  # the lead is heading_pairs' anchor, not a section
+        i = paras.index(pair["anchor"])
+        assert i > 0 and len(pair["anchor"].split()) <= PairConfig.max_title_words
+        assert " ".join(paras[i + 1 :]).startswith(pair["positive"])  # the text that follows, cut
+    capped = section_pairs(doc, random.Random(0), PairConfig(sections_per_document=3, max_body_words=20))
+    assert all(len(p["positive"].split()) == 20 for p in capped)
+    # a short paragraph needs 4 * min_words words after it: here only the first sub-heading has them
+    long = " ".join(f"palabra{w}" for w in range(25))
+    short_tail = "\n".join(["Resumen del documento.", "Sección uno", long, "Sección dos", "solo tres palabras"])
+    (only,) = section_pairs(short_tail, random.Random(0), PairConfig(sections_per_document=9))
+    assert only["anchor"] == "Sección uno" and only["positive"].startswith("palabra0")
+    assert section_pairs(DOCUMENTS[0], random.Random(0), PairConfig(sections_per_document=0)) == []
+
+
+def test_every_pair_is_tagged_with_the_builder_that_made_it():
+    docs = [make_sectioned_document(i) for i in range(20)]
+    pairs = build_pairs(docs, kinds=["heading", "section"], config=PairConfig(sections_per_document=3))
+    assert sum(p["kind"] == "heading" for p in pairs) == 20 and sum(p["kind"] == "section" for p in pairs) == 60
+    leads = {paragraphs(d)[0] for d in docs}
+    assert all((p["anchor"] in leads) == (p["kind"] == "heading") for p in pairs)
 
 
 def test_unknown_pair_kind_is_named():

@@ -130,6 +130,18 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
         make_args(mlm_checkpoint, pooling="max")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         make_args(tmp_path)
+    with pytest.raises(ValueError, match="--sections_per_document must be >= 0, got -1"):
+        make_args(mlm_checkpoint, sections_per_document=-1)
+
+
+def test_pair_counts_per_document_reach_the_builders(mlm_checkpoint, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    sub = "La opción cambia el aspecto de todas las páginas del documento abierto y activo."
+    text = "\n".join(["Resumen de la página."] + [f"Opciones {s}\n{sub}\n{sub}" for s in range(5)])
+    corpus.write_text("\n".join(json.dumps({"text": text.replace("página", f"página {i}")}) for i in range(4)))
+    args = dict(train_files=[str(corpus)], pair_kinds=["section"], hard_negatives=False)
+    assert len(tse.load_pairs(make_args(mlm_checkpoint, **args), seed=0)) == 4 * 2  # the default, 2 a document
+    assert len(tse.load_pairs(make_args(mlm_checkpoint, **args, sections_per_document=3), seed=0)) == 4 * 3
 
 
 def test_embedding_export_writes_everything_at_once_or_nothing(mlm_checkpoint, tmp_path, monkeypatch, file_hashes):
