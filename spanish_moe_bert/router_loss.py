@@ -47,8 +47,9 @@ class RouterLossWrapper(nn.Module):
     on its sparse-MoE layers collect each layer's router statistics instead. Each is weighted by
     1/num_layers (the encoder's ``aux_loss`` is the layer mean) and by its forward's share of the batch's
     sentences (anchors, positives and negatives are separate forwards), so the added term is
-    ``router_loss(config, outputs)`` of the whole batch. The two parts are returned as a dict, which
-    SentenceTransformerTrainer sums and logs separately.
+    ``router_loss(config, outputs)`` of the whole batch. The parts are returned as a dict ("contrastive", or the
+    wrapped loss's own parts where it returns a dict, as SpladeLoss does, and "router"), which the trainer sums and
+    logs separately.
 
     With a GradCache loss the forwards that carry gradients run inside the backward pass, mini-batch
     by mini-batch. There each layer's router loss rides on that layer's output (`_WithLossGradient`), scaled
@@ -98,11 +99,14 @@ class RouterLossWrapper(nn.Module):
         sentence_features = list(sentence_features)
         self._batch_rows = sum(f["input_ids"].shape[0] for f in sentence_features)
         self._terms = []
-        contrastive = self.loss(sentence_features, labels)
-        router = sum(self._terms, torch.zeros((), device=contrastive.device))
-        if self.cached and contrastive.requires_grad:
-            # A new node whose gradient arrives before GradCache's replay hook on `contrastive` runs.
-            contrastive = contrastive.clone()
-            contrastive.register_hook(self._remember_grad_scale)
+        parts = self.loss(sentence_features, labels)
+        parts = dict(parts) if isinstance(parts, dict) else {"contrastive": parts}  # SpladeLoss returns its parts
+        device = next(iter(parts.values())).device
+        router = sum(self._terms, torch.zeros((), device=device))
+        carrier = next((name for name, part in parts.items() if part.requires_grad), None)
+        if self.cached and carrier is not None:
+            # A new node whose gradient arrives before GradCache's replay hook on the loss runs.
+            parts[carrier] = parts[carrier].clone()
+            parts[carrier].register_hook(self._remember_grad_scale)
             router = router.detach()
-        return {"contrastive": contrastive, "router": router}
+        return {**parts, "router": router}
