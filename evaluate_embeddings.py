@@ -1,10 +1,12 @@
-"""Compare sentence-embedding models with BM25 and all-MiniLM-L6-v2 on Spanish retrieval (and STS), in one run.
+"""Compare dense and sparse (SPLADE) embedding models with BM25 and all-MiniLM-L6-v2 on Spanish retrieval (and
+STS), in one run.
 
     python evaluate_embeddings.py --model mlm=outputs/mini --model contrastive=outputs/mini-embed
     python evaluate_embeddings.py --model ours=DIR --queries q.jsonl --corpus c.jsonl --sts sts.jsonl
 
 Defaults to the bundled dev set (data/retrieval_dev). Prints a markdown table; --output_json saves it.
-Every model is a local folder, loaded without the Hub.
+Every model is a local folder, loaded without the Hub: a dense export (SentenceTransformer, cosine similarity) or a
+sparse one (`train_sentence_embeddings.py --encoder sparse`: SparseEncoder, dot product).
 """
 
 import argparse

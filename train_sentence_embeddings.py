@@ -1,14 +1,22 @@
-"""Contrastive sentence-embedding stage: an exported MLM checkpoint -> a Sentence Transformers model.
+"""Contrastive retrieval stage: an exported MLM checkpoint -> a Sentence Transformers model, dense or sparse.
 
 Pairs come from the Spanish corpus without labels (independent cropping, neighbouring paragraphs,
 heading -> body; see spanish_moe_bert/pairs.py), optionally plus a labelled JSONL file, each with a
-BM25-mined hard negative. Training uses SentenceTransformerTrainer with (Cached)MultipleNegativesRankingLoss;
-the MoE router losses (load balancing + z-loss) are added to it so the experts stay balanced
+BM25-mined hard negative. Two kinds of model come out:
+
+* ``--encoder dense`` (default): one vector per text, [CLS] or mean pooling (SentenceTransformer), trained with
+  (Cached)MultipleNegativesRankingLoss;
+* ``--encoder sparse``: SPLADE, one weight per vocabulary word from the MLM head, pooled over pointwise mutual
+  information (SparseEncoder + sparse_pooling_spanish_moe_bert.PMISpladePooling), trained with
+  (Cached)SpladeLoss: in-batch ranking plus the FLOPS sparsity regularisers.
+
+Either way the MoE router losses (load balancing + z-loss) are added so the experts stay balanced
 (spanish_moe_bert/router_loss.py). The dev-set documents (data/retrieval_dev) are excluded from the pairs,
 and the model is evaluated on them before and after training, next to BM25 and all-MiniLM-L6-v2.
 
     python train_sentence_embeddings.py --model_name_or_path outputs/mini --output_dir outputs/mini-embed \
         --train_files ../shared/data/es_corpus.jsonl.gz --max_steps 300
+    python train_sentence_embeddings.py --encoder sparse ...    # the SPLADE retriever
 
 Every model it loads is a local folder; without network, set HF_HUB_OFFLINE=1 (scripts/test.sh and
 scripts/quickstart.sh do) so that the libraries do not try the Hub first.
@@ -25,9 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+    SparseEncoder,
+    SparseEncoderTrainer,
+    SparseEncoderTrainingArguments,
+)
 from sentence_transformers.sentence_transformer import losses
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+from sentence_transformers.sparse_encoder import losses as sparse_losses
+from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 from torch import nn
 from transformers import HfArgumentParser
 
@@ -52,6 +69,7 @@ from spanish_moe_bert.retrieval_eval import (
     markdown_table,
 )
 from spanish_moe_bert.router_loss import RouterLossWrapper
+from sparse_pooling_spanish_moe_bert import PMISpladePooling
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent
@@ -61,6 +79,10 @@ AFTER = "ours after (contrastive)"
 @dataclass
 class EmbeddingArguments:
     model_name_or_path: str = field(metadata={"help": "Exported MLM checkpoint folder (run_mlm.py's output_dir)."})
+    encoder: str = field(
+        default="dense",
+        metadata={"help": "dense: a vector per text (SentenceTransformer); sparse: SPLADE word weights."},
+    )
     train_files: list[str] = field(
         default_factory=lambda: [str(REPO / "data" / "es_corpus_sample.txt")],
         metadata={"help": "Corpus files (.txt one paragraph per line, .jsonl/.jsonl.gz documents with 'text')."},
@@ -85,12 +107,28 @@ class EmbeddingArguments:
     max_pairs: int | None = field(default=None, metadata={"help": "Train on at most this many pairs."})
     hard_negatives: bool = field(default=True, metadata={"help": "Mine one BM25 hard negative per pair."})
     pooling: str = field(
-        default="mean", metadata={"help": "cls, mean, or auto (the better on the dev set before training)."}
+        default="mean", metadata={"help": "Dense: cls, mean, or auto (the better on the dev set before training)."}
+    )
+    pmi_threshold: float = field(
+        default=6.0, metadata={"help": "Sparse: the pointwise mutual information (nats) a word needs for a weight."}
+    )
+    document_regularizer_weight: float = field(
+        default=3e-5, metadata={"help": "Sparse: weight of the FLOPS sparsity loss on passages."}
+    )
+    query_regularizer_weight: float = field(
+        default=5e-5, metadata={"help": "Sparse: weight of the FLOPS sparsity loss on queries."}
     )
     max_seq_length: int = field(default=128)
-    loss: str = field(default="cached_mnrl", metadata={"help": "cached_mnrl (GradCache, large batches) or mnrl."})
+    loss: str = field(
+        default="cached_mnrl",
+        metadata={"help": "cached_mnrl (GradCache, large batches) or mnrl; sparse: inside (Cached)SpladeLoss."},
+    )
     mini_batch_size: int = field(default=16, metadata={"help": "GradCache mini-batch: bounds memory, not the batch."})
-    scale: float = field(default=20.0, metadata={"help": "Inverse temperature of the in-batch softmax."})
+    scale: float | None = field(
+        default=None,
+        metadata={"help": "Inverse temperature of the in-batch softmax (default 20 dense on cosines, 1 sparse on dot "
+                  "products)."},
+    )
     router_loss_weight: float = field(
         default=1.0,
         metadata={"help": "Multiplies the config's router_aux_loss_coef / router_z_loss_coef; 0 turns them off."},
@@ -107,13 +145,22 @@ class EmbeddingArguments:
     onnx: bool = field(default=False, metadata={"help": "Also export the trained encoder as onnx/model.onnx."})
 
     def __post_init__(self):
-        choices = {"pooling": ("cls", "mean", "auto"), "loss": ("cached_mnrl", "mnrl")}
+        choices = {"encoder": ("dense", "sparse"), "pooling": ("cls", "mean", "auto"), "loss": ("cached_mnrl", "mnrl")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("crops_per_document", "neighbours_per_document", "sections_per_document"):
+        for name in (
+            "crops_per_document", "neighbours_per_document", "sections_per_document",
+            "document_regularizer_weight", "query_regularizer_weight",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.encoder == "sparse" and self.matryoshka_dims:
+            raise ValueError("--matryoshka_dims needs --encoder dense: a sparse vector has one dimension per word")
+        if self.encoder == "sparse" and self.onnx:
+            raise ValueError("--onnx needs --encoder dense: the ONNX file holds the encoder, not the SPLADE head")
+        if self.scale is None:
+            self.scale = 1.0 if self.encoder == "sparse" else 20.0
         if not Path(self.model_name_or_path, "config.json").is_file():
             raise FileNotFoundError(
                 f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)"
@@ -153,37 +200,64 @@ def load_pairs(args: EmbeddingArguments, seed: int) -> Dataset:
 # Model
 
 
-def build_model(args: EmbeddingArguments, pooling: str) -> SentenceTransformer:
-    """Our encoder (remote code) + a CLS or mean Pooling, with optional query/document prompts."""
+def build_model(args: EmbeddingArguments, pooling: str) -> SentenceTransformer | SparseEncoder:
+    """Our encoder (remote code) with optional query/document prompts and a pooling: "cls" or "mean" make a
+    SentenceTransformer, "splade" a SparseEncoder that pools the MLM head's logits (PMISpladePooling)."""
     remote = {"trust_remote_code": True}
+    sparse = pooling == "splade"
     transformer = Transformer(
         args.model_name_or_path,
+        transformer_task="fill-mask" if sparse else "feature-extraction",
         model_kwargs=remote,
         processor_kwargs=remote,
         config_kwargs=remote,
         max_seq_length=args.max_seq_length,
     )
     prompts = {name: p for name, p in (("query", args.query_prompt), ("document", args.passage_prompt)) if p}
-    model = SentenceTransformer(
+    if sparse:
+        splade = PMISpladePooling.from_mlm_head(
+            transformer.model, args.pmi_threshold, special_token_ids=transformer.tokenizer.all_special_ids
+        )
+        return SparseEncoder(
+            modules=[transformer, splade], prompts=prompts or None, similarity_fn_name="dot", device="cpu"
+        )
+    return SentenceTransformer(
         modules=[transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)],
         prompts=prompts or None,
         similarity_fn_name="cosine",
         device="cpu",
     )
-    return model
 
 
-def choose_pooling(args: EmbeddingArguments, dev) -> tuple[SentenceTransformer, str, dict[str, dict]]:
-    """The untrained model with --pooling, or with auto the pooling of higher dev nDCG@10, and the scores."""
-    candidates = ("cls", "mean") if args.pooling == "auto" else (args.pooling,)
+def choose_pooling(args: EmbeddingArguments, dev) -> tuple[SentenceTransformer | SparseEncoder, str, dict[str, dict]]:
+    """The untrained model with its pooling ("splade" for --encoder sparse; --pooling, or with auto the pooling of
+    higher dev nDCG@10, for dense) and the dev scores of every candidate."""
+    if args.encoder == "sparse":
+        candidates = ("splade",)
+    else:
+        candidates = ("cls", "mean") if args.pooling == "auto" else (args.pooling,)
     models = {p: build_model(args, p) for p in candidates}
     scores = {p: evaluate_system(EmbeddingSystem(m, p), dev) for p, m in models.items()}
     best = max(scores, key=lambda p: scores[p]["ndcg@10"])
     return models[best], best, scores
 
 
-def build_loss(args: EmbeddingArguments, model: SentenceTransformer) -> nn.Module:
-    if args.loss == "cached_mnrl":
+def build_loss(args: EmbeddingArguments, model: SentenceTransformer | SparseEncoder) -> tuple[nn.Module, list]:
+    """The training loss, and the callbacks it needs (the sparse regularisers' warm-up)."""
+    callbacks = []
+    if args.encoder == "sparse":
+        ranking = sparse_losses.SparseMultipleNegativesRankingLoss(model, scale=args.scale)
+        weights = {
+            "document_regularizer_weight": args.document_regularizer_weight,
+            "query_regularizer_weight": args.query_regularizer_weight,
+        }
+        if args.loss == "cached_mnrl":
+            loss = sparse_losses.CachedSpladeLoss(model, ranking, mini_batch_size=args.mini_batch_size, **weights)
+        else:
+            loss = sparse_losses.SpladeLoss(model, ranking, **weights)
+        # The trainer adds this itself only for a bare SpladeLoss, and ours may be wrapped below.
+        callbacks.append(SpladeRegularizerWeightSchedulerCallback(loss))
+    elif args.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(model, scale=args.scale, mini_batch_size=args.mini_batch_size)
     else:
         loss = losses.MultipleNegativesRankingLoss(model, scale=args.scale)
@@ -191,14 +265,16 @@ def build_loss(args: EmbeddingArguments, model: SentenceTransformer) -> nn.Modul
         loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=args.matryoshka_dims)
     if args.router_loss_weight:
         loss = RouterLossWrapper(loss, model, args.router_loss_weight)
-    return loss
+    return loss, callbacks
 
 
 # ---------------------------------------------------------------------------------------------
 # Main
 
 
-def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArguments) -> dict:
+def run(
+    args: EmbeddingArguments, training_args: SentenceTransformerTrainingArguments | SparseEncoderTrainingArguments
+) -> dict:
     """Train, evaluate, export; returns {system: metrics} for before/after/BM25/MiniLM."""
     dev = load_retrieval(Path(args.dev_dir) / "queries.jsonl", Path(args.dev_dir) / "corpus.jsonl")
     train_dataset = load_pairs(args, training_args.seed)
@@ -206,8 +282,10 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
     before_ndcg = {p: round(m["ndcg@10"], 4) for p, m in before.items()}
     logger.info("pooling %s (dev nDCG@10 before training: %s)", pooling, before_ndcg)
 
-    trainer = SentenceTransformerTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, loss=build_loss(args, model)
+    loss, callbacks = build_loss(args, model)
+    trainer_class = SparseEncoderTrainer if args.encoder == "sparse" else SentenceTransformerTrainer
+    trainer = trainer_class(
+        model=model, args=training_args, train_dataset=train_dataset, loss=loss, callbacks=callbacks
     )
     trainer.train()
 
@@ -229,8 +307,16 @@ def run(args: EmbeddingArguments, training_args: SentenceTransformerTrainingArgu
 # Output: the MLM export's Hub folder, with what this stage adds
 
 
+PAIR_KIND_TEXT = {
+    "crop": "independent crops",
+    "neighbours": "neighbouring paragraphs",
+    "heading": "heading → body",
+    "section": "section → body",
+}
+
+
 def export_embedding_model(
-    model: SentenceTransformer,
+    model: SentenceTransformer | SparseEncoder,
     args: EmbeddingArguments,
     pooling: str,
     output_dir: Path,
@@ -241,14 +327,24 @@ def export_embedding_model(
 ) -> Path:
     """Export the trained model once, all or nothing, as run_mlm.py exports: the card keeps the pre-training data
     named by the checkpoint's own card, and adds this stage's training and dev-set retrieval `metrics`."""
+    sparse = args.encoder == "sparse"
+    kinds = ", ".join(PAIR_KIND_TEXT[k] for k in args.pair_kinds)
+    kinds += " and labelled pairs" if args.labelled_pairs else ""
+    what = (
+        f"a sparse retriever (SPLADE over pointwise mutual information, threshold {args.pmi_threshold:g} nats; "
+        "FLOPS sparsity regularisers)" if sparse else "sentence embeddings"
+    )
+    head = "The MLM head was trained too: its logits are the word weights." if sparse else (
+        "The MLM head was not trained in this stage."
+    )
     stage = SentenceStage(
         encoder=model[0].model,
         prompts=model.prompts,
         max_seq_length=args.max_seq_length,
         description=(
-            f"Then a contrastive stage with Sentence Transformers (`train_sentence_embeddings.py`): {num_pairs:,} "
-            "unsupervised pairs from Spanish documents (independent crops, neighbouring paragraphs, heading → body), "
-            "BM25-mined hard negatives, the router losses kept on. The MLM head was not trained in this stage. "
+            f"Then a contrastive stage with Sentence Transformers (`train_sentence_embeddings.py`) for {what}: "
+            f"{num_pairs:,} unsupervised pairs from Spanish documents ({kinds}), "
+            f"{'BM25-mined hard negatives, ' if args.hard_negatives else ''}the router losses kept on. {head} "
             "The loss curve and the table below are this stage's."
         ),
         trainer_state=trainer_state,
@@ -257,22 +353,35 @@ def export_embedding_model(
             f"(see Training):\n\n{table}"
         ),
         eval_results=eval_results_for_card(metrics),
+        sparse_pooling=model[1] if sparse else None,
     )
     datasets = card_datasets(args.model_name_or_path) or []
     return export_model(
-        args.model_name_or_path, output_dir, pooling=pooling, datasets=datasets, sentence_stage=stage, onnx=args.onnx
+        args.model_name_or_path,
+        output_dir,
+        pooling="cls" if sparse else pooling,  # the dense layout's; a sparse stage writes its own
+        datasets=datasets,
+        sentence_stage=stage,
+        onnx=args.onnx,
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser((EmbeddingArguments, SentenceTransformerTrainingArguments))
+def argument_parser(training_class: type) -> HfArgumentParser:
+    parser = HfArgumentParser((EmbeddingArguments, training_class))
     # In-batch negatives must not repeat an anchor's own text; small-CPU-friendly defaults otherwise.
     parser.set_defaults(
         batch_sampler="no_duplicates", per_device_train_batch_size=64, learning_rate=5e-5, warmup_steps=0.1,
         logging_steps=10, save_strategy="no", report_to="none", seed=42,
     )
-    args, training_args = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    argv = argv if argv is not None else sys.argv[1:]
+    args, training_args = argument_parser(SentenceTransformerTrainingArguments).parse_args_into_dataclasses(args=argv)
+    if args.encoder == "sparse":  # its trainer takes its own class of the same options
+        _, training_args = argument_parser(SparseEncoderTrainingArguments).parse_args_into_dataclasses(args=argv)
     return run(args, training_args)
 
 

@@ -12,6 +12,7 @@ The folder holds what each kind of Hub user loads, all with `trust_remote_code=T
   the tokenizer files (their `auto_map`) and the three code files;
 - Sentence Transformers: `modules.json`, `sentence_bert_config.json`, `config_sentence_transformers.json`
   (cosine similarity) and `1_Pooling/config.json` ([CLS] pooling = the model's `pooler_output`, or mean);
+  after a sparse contrastive stage the SparseEncoder layout instead (`1_SpladePooling/` and its code file);
 - people: `README.md`, a model card from `hub_card/` with Hub metadata (widget, model-index with this
   checkpoint's held-out MLM metrics, and a contrastive stage's retrieval metrics), the training-loss curve and an
   expert-load heatmap.
@@ -21,9 +22,11 @@ leaves an existing folder as it was.
 """
 
 import importlib
+import inspect
 import json
 import logging
 import math
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,15 +87,19 @@ class HubPushError(RuntimeError):
 
 @dataclass
 class SentenceStage:
-    """What a contrastive sentence-embedding stage after pre-training (train_sentence_embeddings.py) exports."""
+    """What a contrastive stage after pre-training (train_sentence_embeddings.py) exports: sentence embeddings, or
+    with `sparse_pooling` a SPLADE retriever."""
 
-    encoder: torch.nn.Module  # the trained SpanishMoEBertModel; the MLM head stays the checkpoint's
+    # The trained SpanishMoEBertModel (the MLM head stays the checkpoint's); with `sparse_pooling`, the whole trained
+    # SpanishMoEBertForMaskedLM, whose head gives the word weights.
+    encoder: torch.nn.Module
     prompts: dict[str, str]  # Sentence Transformers prompts, e.g. {"query": "consulta: "}
     max_seq_length: int
     description: str  # markdown for the card's Training section
     trainer_state: dict  # the stage's TrainerState as a dict: the card's loss curve and training table
     results: str  # markdown for the card: retrieval before and after the stage
     eval_results: list[EvalResult]  # the retrieval metrics, for the card's model-index
+    sparse_pooling: torch.nn.Module | None = None  # sparse_pooling_spanish_moe_bert.PMISpladePooling
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,6 +200,23 @@ def plot_expert_load(load: torch.Tensor, moe_layers: list[int], path: Path) -> N
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def sentence_transformers_versions() -> dict[str, str]:
+    import sentence_transformers
+    import transformers
+
+    return {
+        "sentence_transformers": sentence_transformers.__version__,
+        "transformers": transformers.__version__,
+        "pytorch": torch.__version__,
+    }
+
+
+def write_json_files(folder: Path, files: dict[str, object]) -> None:
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n")
+
+
 def write_sentence_transformers_files(
     folder: Path, hidden_size: int, max_seq_length: int, pooling: str, prompts: dict[str, str]
 ) -> None:
@@ -200,18 +224,10 @@ def write_sentence_transformers_files(
 
     Written in the long-standing format (module types `sentence_transformers.models.*`, `pooling_mode_*` flags)
     that every Sentence Transformers release since 2.x reads."""
-    import sentence_transformers
-    import transformers
-
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
-    versions = {
-        "sentence_transformers": sentence_transformers.__version__,
-        "transformers": transformers.__version__,
-        "pytorch": torch.__version__,
-    }
     pooling_config = {
         "word_embedding_dimension": hidden_size,
         "pooling_mode_cls_token": pooling == "cls",
@@ -222,20 +238,52 @@ def write_sentence_transformers_files(
         "pooling_mode_lasttoken": False,
         "include_prompt": True,
     }
-    files = {
-        "modules.json": modules,
-        "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
-        "config_sentence_transformers.json": {
-            "__version__": versions,
-            "prompts": prompts,
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
+    write_json_files(
+        folder,
+        {
+            "modules.json": modules,
+            "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
+            "config_sentence_transformers.json": {
+                "__version__": sentence_transformers_versions(),
+                "prompts": prompts,
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine",
+            },
+            "1_Pooling/config.json": pooling_config,
         },
-        "1_Pooling/config.json": pooling_config,
-    }
-    for name, content in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(json.dumps(content, indent=2) + "\n")
+    )
+
+
+def write_sparse_encoder_files(
+    folder: Path, max_seq_length: int, pooling: torch.nn.Module, prompts: dict[str, str]
+) -> None:
+    """The SparseEncoder layout of a SPLADE retriever: this folder as the masked-LM Transformer module, then the
+    PMISpladePooling module (its config and log-prior weights, and its code file, which it loads as remote code).
+
+    Module types in the Sentence Transformers 5 format (`sentence_transformers.sparse_encoder.models.*`), which
+    release 6 still reads."""
+    code = Path(inspect.getfile(type(pooling)))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.models.MLMTransformer"},
+        {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": f"{code.stem}.{type(pooling).__name__}"},
+    ]
+    write_json_files(
+        folder,
+        {
+            "modules.json": modules,
+            "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
+            "config_sentence_transformers.json": {
+                "model_type": "SparseEncoder",
+                "__version__": sentence_transformers_versions(),
+                "prompts": prompts,
+                "default_prompt_name": None,
+                "similarity_fn_name": "dot",
+            },
+        },
+    )
+    (folder / "1_SpladePooling").mkdir(exist_ok=True)
+    pooling.save(str(folder / "1_SpladePooling"))
+    shutil.copyfile(code, folder / code.name)
 
 
 def format_count(n: int) -> str:
@@ -297,17 +345,25 @@ def write_model_card(
             )
     if sentence_stage:
         model_index += sentence_stage.eval_results
+    sparse = sentence_stage is not None and sentence_stage.sparse_pooling is not None
+    # What the folder is for: after a contrastive stage the MLM head is one that stage left behind (or, in a sparse
+    # retriever, one it trained to weigh words); the Hub has no widget for sparse vectors.
+    if sparse:
+        pipeline_tag, tags, widget = "feature-extraction", ["sparse-encoder", "sparse", "splade"], None
+    elif sentence_stage:
+        pipeline_tag, tags, widget = "sentence-similarity", ["feature-extraction"], [SIMILARITY_WIDGET]
+    else:
+        pipeline_tag, tags, widget = "fill-mask", ["feature-extraction"], fill_mask_widget
     card_data = ModelCardData(
         language="es",
         license="apache-2.0",
         library_name="transformers",
-        # What the folder is for: after a contrastive stage the MLM head is one that stage left behind.
-        pipeline_tag="sentence-similarity" if sentence_stage else "fill-mask",
-        tags=["sentence-transformers", "feature-extraction", "mixture-of-experts", "custom_code"],
+        pipeline_tag=pipeline_tag,
+        tags=["sentence-transformers", *tags, "mixture-of-experts", "custom_code"],
         datasets=list(datasets) or None,
         model_name=repo_id,
         eval_results=model_index or None,
-        widget=[SIMILARITY_WIDGET] if sentence_stage else fill_mask_widget,
+        widget=widget,
     )
     total, active = params
     mlm_percent = f"{100 * mlm_probability:g}"
@@ -362,6 +418,8 @@ def write_model_card(
         loss_curve_plot=LOSS_CURVE_FILE if loss_curve else None,
         training_rows=training_rows,
         sentence_stage=sentence_stage.description if sentence_stage else None,
+        sparse=sparse,
+        pmi_threshold=sentence_stage.sparse_pooling.threshold if sparse else None,
         sentence_results=sentence_stage.results if sentence_stage else None,
         onnx_file=ONNX_PATH.as_posix() if onnx else None,
         max_length=min(tokenizer.model_max_length, config.max_position_embeddings),
@@ -434,8 +492,9 @@ def export_model(
         eval_source = ", ".join(Path(f).name for f in eval_files)
     elif not eval_results and not sentence_stage and (model_dir / "eval_results.json").is_file():
         eval_results = json.loads((model_dir / "eval_results.json").read_text())
+    sparse_pooling = sentence_stage.sparse_pooling if sentence_stage else None
     if sentence_stage:
-        model.model.load_state_dict(sentence_stage.encoder.state_dict())
+        (model if sparse_pooling is not None else model.model).load_state_dict(sentence_stage.encoder.state_dict())
         trainer_state = sentence_stage.trainer_state
         max_seq_length, prompts = sentence_stage.max_seq_length, sentence_stage.prompts
 
@@ -446,7 +505,10 @@ def export_model(
         config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        write_sentence_transformers_files(staging, config.hidden_size, max_seq_length, pooling, prompts)
+        if sparse_pooling is not None:
+            write_sparse_encoder_files(staging, max_seq_length, sparse_pooling, prompts)
+        else:
+            write_sentence_transformers_files(staging, config.hidden_size, max_seq_length, pooling, prompts)
         moe_layers = [i for i, kind in enumerate(config.mlp_layer_types) if kind == "sparse"]
         if moe_layers:
             plot_expert_load(expert_load(model, tokenizer, EXPERT_LOAD_TEXTS), moe_layers, staging / EXPERT_LOAD_FILE)

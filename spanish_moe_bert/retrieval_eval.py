@@ -7,12 +7,14 @@ Data (JSONL, one object per line; errors name the file, line and field):
 * STS: ``{"sentence1": str, "sentence2": str, "score": float}``.
 
 Metrics: nDCG@10, MRR@10 and recall@1 with binary relevance, and Spearman's rank correlation
-between predicted cosine similarities and gold STS scores. Every system -- our model before and after
-the contrastive stage, BM25 (``bm25s``) and all-MiniLM-L6-v2 -- is ranked by the same metric code.
+between predicted similarities and gold STS scores. Every system -- our model before and after the
+contrastive stage (dense vectors or sparse SPLADE word weights), BM25 (``bm25s``) and all-MiniLM-L6-v2 -- is
+ranked by the same metric code.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -150,17 +152,25 @@ class BM25System:
 
 @dataclass
 class EmbeddingSystem:
-    """A Sentence Transformers model: cosine similarity of embeddings, with its query/document prompts."""
+    """A Sentence Transformers model with its query/document prompts: a SentenceTransformer ranks by the cosine of
+    its embeddings, a SparseEncoder (SPLADE) by the dot product of its word weights."""
 
-    model: object  # SentenceTransformer
+    model: object  # SentenceTransformer or SparseEncoder
     name: str
     batch_size: int = 32
 
+    @property
+    def sparse(self) -> bool:
+        from sentence_transformers import SparseEncoder
+
+        return isinstance(self.model, SparseEncoder)
+
     def _encode(self, texts: list[str], role: str) -> np.ndarray:
         encode = self.model.encode_query if role == "query" else self.model.encode_document
-        return encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        kwargs = {"batch_size": self.batch_size, "show_progress_bar": False}
+        if self.sparse:  # (texts, vocabulary), mostly zeros; dense numpy keeps the scoring one matrix product
+            return encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False, **kwargs).cpu().numpy()
+        return encode(texts, normalize_embeddings=True, convert_to_numpy=True, **kwargs)
 
     def rank(self, queries: list[str], passages: list[str], k: int = K) -> list[list[int]]:
         scores = self._encode(queries, "query") @ self._encode(passages, "document").T
@@ -214,10 +224,14 @@ def minilm_path() -> Path:
 
 
 def load_sentence_transformer(path: str | os.PathLike, **kwargs):
-    """Load a local Sentence Transformers folder, without the Hub (our exports need their remote code)."""
-    from sentence_transformers import SentenceTransformer
+    """Load a local Sentence Transformers folder without the Hub (our exports need their remote code): a
+    SparseEncoder where its config says so (the sparse retriever), else a SentenceTransformer."""
+    from sentence_transformers import SentenceTransformer, SparseEncoder
 
-    return SentenceTransformer(str(path), trust_remote_code=True, device="cpu", local_files_only=True, **kwargs)
+    config = Path(path) / "config_sentence_transformers.json"
+    sparse = config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == "SparseEncoder"
+    model_class = SparseEncoder if sparse else SentenceTransformer
+    return model_class(str(path), trust_remote_code=True, device="cpu", local_files_only=True, **kwargs)
 
 
 def default_systems(models: dict[str, str | os.PathLike | object], baselines: bool = True) -> list:

@@ -23,6 +23,7 @@ from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
 from spanish_moe_bert.export import export_model  # noqa: E402
 from spanish_moe_bert.router_loss import RouterLossWrapper  # noqa: E402
+from sparse_pooling_spanish_moe_bert import PMISpladePooling  # noqa: E402
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,10 +57,9 @@ def grads(model, loss, batch, only=""):
     return parts, {n: p.grad.clone() for n, p in model.named_parameters() if only in n and p.grad is not None}
 
 
-@pytest.fixture(scope="module")
-def batch_and_model(mlm_checkpoint):
-    args = make_args(mlm_checkpoint)
-    model = tse.build_model(args, "mean")
+def training_batch(args, pooling: str):
+    """A model with `pooling` in training mode, and a batch of three columns (anchor, positive, negative) of 4."""
+    model = tse.build_model(args, pooling)
     model.train()
     texts = [
         ["Pulse Aceptar para guardar.", "Abra el menú Formato.", "Seleccione la celda A1.", "Inserte una tabla."],
@@ -67,6 +67,11 @@ def batch_and_model(mlm_checkpoint):
         ["Imprima la página.", "Cierre el diálogo.", "Copie el rango.", "Borre la fila."],
     ]
     return model, [model.preprocess(column) for column in texts]
+
+
+@pytest.fixture(scope="module")
+def batch_and_model(mlm_checkpoint):
+    return training_batch(make_args(mlm_checkpoint), "mean")
 
 
 def test_router_losses_reach_the_router_weights(batch_and_model):
@@ -197,6 +202,23 @@ def small_dev_set(folder: Path) -> Path:
     return folder
 
 
+def load_elsewhere(folder: Path, tmp_path: Path, script: str, *args: str) -> dict:
+    """The Hub user's view: a copy of only the folder, loaded by `script` (argv[1] = the copy) in a fresh process where
+    the project is not on the path; returns the JSON the script prints last."""
+    hub_copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(folder, hub_copy)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(hub_copy), *args],
+        cwd=tmp_path / "elsewhere",
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_tiny_contrastive_run_exports_a_folder_a_fresh_process_loads(mlm_checkpoint, tmp_path):
     output_dir = tmp_path / "embed"
@@ -236,8 +258,6 @@ def test_tiny_contrastive_run_exports_a_folder_a_fresh_process_loads(mlm_checkpo
     assert (cls_intro in card.text) == (report["pooling"] == "cls")
 
     # The Hub user's view: only the folder, a process where the project is not importable.
-    hub_copy = tmp_path / "elsewhere" / "model"
-    shutil.copytree(output_dir, hub_copy)
     script = """
 import sys, json
 from sentence_transformers import SentenceTransformer, util
@@ -247,18 +267,151 @@ query = model.encode_query(["¿Dónde duerme el gato?"])
 print(json.dumps({"shape": list(emb.shape), "cos": util.cos_sim(emb, emb).tolist(), "query": list(query.shape),
                   "prompts": model.prompts, "modules": type(model[0].model).__module__}))
 """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(hub_copy)],
-        cwd=tmp_path / "elsewhere",
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = load_elsewhere(output_dir, tmp_path, script)
     hidden = SpanishMoEBertConfig.from_json_file(str(REPO / "configs" / "tiny.json")).hidden_size
     assert seen["shape"] == [3, hidden] and seen["query"] == [1, hidden]
     assert seen["cos"][0][0] == pytest.approx(1.0, abs=1e-4)
     assert seen["prompts"]["query"] == "consulta: "
     assert "transformers_modules" in seen["modules"]  # the folder's own remote code, not the repo's
+
+
+# ---------------------------------------------------------------------------------------------
+# The sparse retriever (--encoder sparse): SPLADE over pointwise mutual information
+
+
+def test_pmi_pooling_weighs_each_word_by_its_mutual_information_above_the_threshold(tmp_path):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6) * 3  # (texts, tokens, vocabulary)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    prior = torch.log_softmax(torch.tensor([4.0, 2.0, 0.0, 0.0, -2.0, -4.0]), dim=-1)
+    pooling = PMISpladePooling(6, threshold=0.5, log_prior=prior).eval()
+    out = pooling({"token_embeddings": logits.clone(), "attention_mask": mask})["sentence_embedding"]
+
+    pmi = torch.log_softmax(logits, dim=-1) - prior - 0.5
+    for text in range(2):
+        real = pmi[text, : int(mask[text].sum())]  # padding never gives a word weight
+        expected = torch.log1p(torch.relu(real)).max(dim=0).values
+        assert torch.allclose(out[text], expected, atol=1e-6)
+    assert (out == 0).any() and (out > 0).any()
+    # The same probability given the token weighs a rare word more than a frequent one.
+    even = torch.zeros(1, 1, 6)
+    weights = pooling({"token_embeddings": even, "attention_mask": torch.ones(1, 1)})["sentence_embedding"][0]
+    assert weights[0] == 0 and weights[5] > weights[4] > 0
+
+    pooling.save(str(tmp_path))
+    loaded = PMISpladePooling.load(str(tmp_path))
+    assert loaded.threshold == 0.5 and torch.equal(loaded.log_prior, prior)
+    with pytest.raises(ValueError, match=r"log_prior must have shape \(5,\)"):
+        PMISpladePooling(5, log_prior=prior)
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        PMISpladePooling(6, threshold=-1.0)
+
+
+def test_pmi_pooling_of_an_mlm_head_takes_its_prior_from_the_output_bias_and_skips_special_tokens(mlm_checkpoint):
+    tokenizer = SpanishSPMTokenizer.from_pretrained(mlm_checkpoint)
+    model = SpanishMoEBertForMaskedLM.from_pretrained(mlm_checkpoint)
+    with torch.no_grad():
+        model.decoder.bias.copy_(torch.linspace(-3, 3, model.config.vocab_size))
+    pooling = PMISpladePooling.from_mlm_head(model, 0.0, special_token_ids=tokenizer.all_special_ids)
+    words = [i for i in range(model.config.vocab_size) if i not in tokenizer.all_special_ids]
+    assert torch.allclose(pooling.log_prior[words], torch.log_softmax(model.decoder.bias, -1)[words])
+    # A special token is never more likely than its prior (1): even a token certain to be [CLS] gives it no weight.
+    certain = torch.full((1, 1, model.config.vocab_size), -1e4)
+    certain[0, 0, tokenizer.cls_token_id] = 0.0
+    weights = pooling({"token_embeddings": certain, "attention_mask": torch.ones(1, 1)})["sentence_embedding"]
+    assert weights[0, tokenizer.cls_token_id] == 0
+
+
+@pytest.fixture(scope="module")
+def sparse_batch_and_model(mlm_checkpoint):
+    # The untrained checkpoint's PMI is noise around 0: threshold 0 gives about half the words a weight.
+    return training_batch(make_args(mlm_checkpoint, encoder="sparse", pmi_threshold=0.0), "splade")
+
+
+def test_sparse_gradcache_gives_the_same_gradients_including_router_losses(sparse_batch_and_model):
+    """CachedSpladeLoss + router losses == SpladeLoss + router losses (one forward per column, as above): the
+    router losses ride on GradCache's backward for a loss that returns its parts as a dict, too."""
+    from sentence_transformers.base.losses.merged_forward import column_merging_disabled
+    from sentence_transformers.sparse_encoder import losses as sparse_losses
+
+    model, batch = sparse_batch_and_model
+
+    def splade(cached: bool):
+        ranking = sparse_losses.SparseMultipleNegativesRankingLoss(model, scale=1.0)
+        weights = {"document_regularizer_weight": 1e-2, "query_regularizer_weight": 1e-2}
+        if cached:
+            return sparse_losses.CachedSpladeLoss(model, ranking, mini_batch_size=4, **weights)
+        return sparse_losses.SpladeLoss(model, ranking, **weights)
+
+    plain = RouterLossWrapper(splade(cached=False), model)
+    with column_merging_disabled():
+        plain_parts, plain_grads = grads(model, plain, batch)
+    plain.remove_hooks()
+    cached = RouterLossWrapper(splade(cached=True), model)
+    cached_parts, cached_grads = grads(model, cached, batch)
+    cached.remove_hooks()
+    assert cached.cached and not plain.cached
+    assert set(cached_parts) == set(plain_parts) >= {"base_loss", "document_regularizer_loss", "router"}
+    for name in plain_parts:
+        assert cached_parts[name].item() == pytest.approx(plain_parts[name].item(), rel=1e-4), name
+    assert plain_parts["router"].item() > 0
+    assert plain_grads.keys() == cached_grads.keys()
+    for part in ("router", "decoder.bias", "word_embeddings"):  # the routers, the MLM head and the encoder learn
+        assert any(part in n and g.norm() > 0 for n, g in plain_grads.items()), part
+    for name in plain_grads:
+        difference = (cached_grads[name] - plain_grads[name]).norm()
+        assert difference <= 1e-4 * plain_grads[name].norm() + 1e-9, name
+
+
+def test_sparse_arguments_are_checked(mlm_checkpoint):
+    with pytest.raises(ValueError, match="--encoder must be one of"):
+        make_args(mlm_checkpoint, encoder="colbert")
+    with pytest.raises(ValueError, match="--matryoshka_dims needs --encoder dense"):
+        make_args(mlm_checkpoint, encoder="sparse", matryoshka_dims=[32])
+    with pytest.raises(ValueError, match="--document_regularizer_weight must be >= 0"):
+        make_args(mlm_checkpoint, encoder="sparse", document_regularizer_weight=-1.0)
+    assert make_args(mlm_checkpoint, encoder="sparse").scale == 1.0 and make_args(mlm_checkpoint).scale == 20.0
+
+
+@pytest.mark.slow
+def test_tiny_sparse_run_exports_a_retriever_a_fresh_process_loads(mlm_checkpoint, tmp_path):
+    output_dir = tmp_path / "sparse"
+    results = tse.main(
+        [
+            "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(output_dir), "--encoder", "sparse",
+            "--pmi_threshold", "0", "--max_documents", "200", "--max_pairs", "64", "--max_seq_length", "48",
+            "--max_steps", "2", "--per_device_train_batch_size", "32", "--mini_batch_size", "16",
+            "--eval_baselines", "false", "--dev_dir", str(small_dev_set(tmp_path / "dev")),
+        ]
+    )  # fmt: skip
+    assert set(results) == {"ours before (splade pooling, MLM only)", "ours after (contrastive)"}
+    modules = json.loads((output_dir / "modules.json").read_text())
+    assert modules[1]["type"] == "sparse_pooling_spanish_moe_bert.PMISpladePooling"
+    assert (output_dir / "sparse_pooling_spanish_moe_bert.py").is_file()
+    assert json.loads((output_dir / "config_sentence_transformers.json").read_text())["model_type"] == "SparseEncoder"
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.pipeline_tag == "feature-extraction" and "splade" in card.data.tags
+    assert not getattr(card.data, "widget", None)  # the Hub has no widget for sparse vectors
+    assert "## Sparse retrieval: contrastive stage" in card.text and "SparseEncoder(" in card.text
+    assert [r.metric_value for r in card.data.eval_results if r.metric_type == "ndcg_at_10"] == [
+        round(results["ours after (contrastive)"]["ndcg@10"], 4)
+    ]
+    # The head was trained: the export holds the stage's decoder bias, not the checkpoint's.
+    exported, original = load_file(output_dir / "model.safetensors"), load_file(mlm_checkpoint / "model.safetensors")
+    assert not torch.equal(exported["decoder.bias"], original["decoder.bias"])
+
+    texts = ["¿Cómo inserto una tabla?", "Para insertar una tabla, abra el menú Insertar."]
+    from spanish_moe_bert.retrieval_eval import load_sentence_transformer
+
+    here = load_sentence_transformer(output_dir).encode_document(texts, convert_to_sparse_tensor=False)
+    script = """
+import sys, json
+from sentence_transformers import SparseEncoder
+model = SparseEncoder(sys.argv[1], trust_remote_code=True, device="cpu")
+vectors = model.encode_document(json.loads(sys.argv[2]), convert_to_sparse_tensor=False)
+print(json.dumps({"vectors": vectors.tolist(), "pooling": type(model[1]).__module__}))
+"""
+    seen = load_elsewhere(output_dir, tmp_path, script, json.dumps(texts))
+    assert "transformers_modules" in seen["pooling"]  # the folder's own remote code, not the repo's
+    assert torch.allclose(torch.tensor(seen["vectors"]), here, atol=1e-5)
+    assert (here > 0).any() and (here > 0).sum() < here.numel()  # sparse, not empty
