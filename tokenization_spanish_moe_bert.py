@@ -16,9 +16,13 @@ Pipeline (identical in both):
    NFC makes "e" + U+0301 and the precomposed "é" the same token.
 2. Whitespace, SentencePiece style: every " " becomes "▁" and one "▁" is prepended to a text that does
    not already start with " " or "▁". Newlines and tabs are ordinary characters.
-3. BPE over the characters of each "▁"-word, with byte fallback: a character outside the vocabulary
+3. Punctuation apart: each punctuation character (Unicode category P: "," "." "¿" "(" ...) is a word of its
+   own, with the "▁" before it if there is one: "▁tabla," gives "▁tabla" + ",", "▁¿Cómo" gives "▁¿" + "Cómo".
+   Without it BPE learns "tabla," and "tabla." as words apart from "tabla": trained on the shared corpus
+   without this step, 16,397 of 50,000 pieces mixed punctuation with other characters.
+4. BPE over the characters of each word, with byte fallback: a character outside the vocabulary
    becomes its UTF-8 bytes ``<0x00>``..``<0xFF>``, so no input ever produces ``[UNK]``.
-4. BERT special tokens: ``[CLS] A [SEP]`` and ``[CLS] A [SEP] B [SEP]`` with ``token_type_ids`` 0/1.
+5. BERT special tokens: ``[CLS] A [SEP]`` and ``[CLS] A [SEP] B [SEP]`` with ``token_type_ids`` 0/1.
    ``[MASK]`` absorbs the space before it (``lstrip``) so "El [MASK] es" gives ``▁El [MASK] ▁es``
    and the masked word is predicted with its own leading "▁", as in MLM pre-training.
 
@@ -43,7 +47,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
-from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
@@ -85,8 +89,14 @@ def _build_backend(vocab: dict[str, int] | None = None, merges: list[tuple[str, 
     tokenizer.normalizer = normalizers.NFC()
     # split=True runs BPE word by word (pieces never contain an inner "▁"), which also lets the
     # Rust BPE cache words; prepend_scheme="first" adds the dummy "▁" only at the start of the text,
-    # not after a special token.
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first", split=True)
+    # not after a special token. Then every punctuation character becomes a word of its own (with
+    # the "▁" before it, if any), so that "tabla," and "tabla." are the word "▁tabla" too.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first", split=True),
+            pre_tokenizers.Split(Regex(f"{SPACE}?\\p{{P}}"), behavior="isolated"),
+        ]
+    )
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )

@@ -25,6 +25,7 @@ import train_tokenizer
 from spanish_moe_bert.corpus import iter_texts
 from tokenization_spanish_moe_bert import (
     BYTE_TOKENS,
+    RESERVED_TOKENS,
     SPACE,
     SpanishSPMTokenizer,
     SpanishSPMTokenizerSlow,
@@ -110,6 +111,19 @@ def test_spanish_words_keep_case_and_accents(tokenizer):
     assert tokenizer.convert_tokens_to_string(tokens) == "Él dijo: ¿Señor?"
     assert "".join(tokens) == f"{SPACE}Él{SPACE}dijo:{SPACE}¿Señor?"  # no lowercasing, no accent stripping
     assert tokenizer.tokenize("año") != tokenizer.tokenize("ano")
+
+
+def test_punctuation_is_never_part_of_a_word_piece(tokenizer):
+    # "tabla", "tabla," and "(tabla)" share the word's pieces; a "▁" before punctuation stays with it.
+    word = tokenizer.tokenize("una tabla")[1:]
+    assert tokenizer.tokenize("una tabla, otra")[1 : 1 + len(word) + 1] == [*word, ","]
+    assert tokenizer.tokenize("una tabla.")[1:] == [*word, "."]
+    assert tokenizer.tokenize("¿Cómo?")[:1] == [f"{SPACE}¿"] and tokenizer.tokenize("¿Cómo?")[-1] == "?"
+    assert tokenizer.tokenize("(a).")[-2:] == [")", "."]
+    # No learned piece mixes a punctuation character with anything but the "▁" before it.
+    learned = [t for t, i in tokenizer.get_vocab().items() if i >= len(RESERVED_TOKENS)]
+    punctuation = [t for t in learned if any(unicodedata.category(c).startswith("P") for c in t)]
+    assert punctuation and all(len(t.removeprefix(SPACE)) == 1 for t in punctuation), punctuation[:10]
 
 
 def test_mask_token_absorbs_the_space_before_it(tokenizer):
