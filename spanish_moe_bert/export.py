@@ -100,6 +100,8 @@ class SentenceStage:
     results: str  # markdown for the card: retrieval before and after the stage
     eval_results: list[EvalResult]  # the retrieval metrics, for the card's model-index
     sparse_pooling: torch.nn.Module | None = None  # sparse_pooling_spanish_moe_bert.PMISpladePooling
+    # An inference-free sparse retriever's query encoder (a SparseStaticEmbedding of idf weights), else None.
+    query_idf: torch.nn.Module | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -255,23 +257,58 @@ def write_sentence_transformers_files(
 
 
 def write_sparse_encoder_files(
-    folder: Path, max_seq_length: int, pooling: torch.nn.Module, prompts: dict[str, str]
+    folder: Path,
+    max_seq_length: int,
+    pooling: torch.nn.Module,
+    prompts: dict[str, str],
+    query_idf: torch.nn.Module | None = None,
 ) -> None:
     """The SparseEncoder layout of a SPLADE retriever: this folder as the masked-LM Transformer module, then the
     PMISpladePooling module (its config and log-prior weights, and its code file, which it loads as remote code).
 
+    With `query_idf` (a SparseStaticEmbedding) the retriever is inference-free on the query side: one Router module
+    sends queries to `query_0_SparseStaticEmbedding/` (the idf weights) and documents through
+    `document_0_MLMTransformer/` and `document_1_SpladePooling/`. The document route's Transformer is a copy of this
+    folder's model (the Router loads each module from its own subfolder), so such a folder holds the weights twice.
+
     Module types in the Sentence Transformers 5 format (`sentence_transformers.sparse_encoder.models.*`), which
     release 6 still reads."""
     code = Path(inspect.getfile(type(pooling)))
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.models.MLMTransformer"},
-        {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": f"{code.stem}.{type(pooling).__name__}"},
-    ]
+    mlm_type = "sentence_transformers.sparse_encoder.models.MLMTransformer"
+    static_type = "sentence_transformers.sparse_encoder.models.SparseStaticEmbedding"
+    pooling_type = f"{code.stem}.{type(pooling).__name__}"
+    sentence_bert_config = {"max_seq_length": max_seq_length, "do_lower_case": False}
+    if query_idf is None:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": mlm_type},
+            {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": pooling_type},
+        ]
+        pooling_dir = folder / "1_SpladePooling"
+    else:
+        routes = {
+            "query": {"query_0_SparseStaticEmbedding": static_type},
+            "document": {"document_0_MLMTransformer": mlm_type, "document_1_SpladePooling": pooling_type},
+        }
+        document = folder / "document_0_MLMTransformer"
+        document.mkdir()
+        for path in folder.iterdir():  # the model, tokenizer and code files written so far
+            if path.is_file():
+                shutil.copyfile(path, document / path.name)
+        write_json_files(document, {"sentence_bert_config.json": sentence_bert_config})
+        write_query_idf(folder / "query_0_SparseStaticEmbedding", query_idf)
+        router_config = {
+            "types": {name: kind for route in routes.values() for name, kind in route.items()},
+            "structure": {route: list(names) for route, names in routes.items()},
+            "parameters": {"default_route": "document", "allow_empty_key": True},
+        }
+        write_json_files(folder, {"router_config.json": router_config})
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Router"}]
+        pooling_dir = folder / "document_1_SpladePooling"
     write_json_files(
         folder,
         {
             "modules.json": modules,
-            "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
+            "sentence_bert_config.json": sentence_bert_config,
             "config_sentence_transformers.json": {
                 "model_type": "SparseEncoder",
                 "__version__": sentence_transformers_versions(),
@@ -281,9 +318,29 @@ def write_sparse_encoder_files(
             },
         },
     )
-    (folder / "1_SpladePooling").mkdir(exist_ok=True)
-    pooling.save(str(folder / "1_SpladePooling"))
+    pooling_dir.mkdir(exist_ok=True)
+    pooling.save(str(pooling_dir))
     shutil.copyfile(code, folder / code.name)
+
+
+def write_query_idf(folder: Path, query_idf: torch.nn.Module) -> None:
+    """Save an idf query encoder (SparseStaticEmbedding) with its tokenizer as a plain fast tokenizer: the module
+    loads its tokenizer without `trust_remote_code`, and our tokenizer.json alone gives the same pieces."""
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = query_idf.tokenizer
+    plain = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        model_max_length=tokenizer.model_max_length,
+        **tokenizer.special_tokens_map,
+    )
+    module = SparseStaticEmbedding(plain, weight=query_idf.weight.detach().clone(), frozen=query_idf.frozen)
+    module.save(str(folder))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 4 knows this name too (5: TokenizersBackend)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def format_count(n: int) -> str:
@@ -419,6 +476,7 @@ def write_model_card(
         training_rows=training_rows,
         sentence_stage=sentence_stage.description if sentence_stage else None,
         sparse=sparse,
+        inference_free=sparse and sentence_stage.query_idf is not None,
         pmi_threshold=sentence_stage.sparse_pooling.threshold if sparse else None,
         sentence_results=sentence_stage.results if sentence_stage else None,
         onnx_file=ONNX_PATH.as_posix() if onnx else None,
@@ -506,7 +564,7 @@ def export_model(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         if sparse_pooling is not None:
-            write_sparse_encoder_files(staging, max_seq_length, sparse_pooling, prompts)
+            write_sparse_encoder_files(staging, max_seq_length, sparse_pooling, prompts, sentence_stage.query_idf)
         else:
             write_sentence_transformers_files(staging, config.hidden_size, max_seq_length, pooling, prompts)
         moe_layers = [i for i, kind in enumerate(config.mlp_layer_types) if kind == "sparse"]

@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def encoder_route(model: SentenceTransformer) -> list[nn.Module]:
+    """The modules our encoder's texts go through: the model's own, or the "document" route of a Router (an
+    inference-free sparse encoder, whose queries skip the encoder)."""
+    modules = list(model)
+    router = getattr(modules[0], "sub_modules", None)
+    return list(router["document"]) if router is not None else modules
+
+
 def uses_gradient_cache(loss: nn.Module) -> bool:
     """Whether a loss (or the loss it wraps, e.g. inside MatryoshkaLoss) embeds with GradCache."""
     while loss is not None:
@@ -46,7 +54,8 @@ class RouterLossWrapper(nn.Module):
     Sentence Transformers calls the encoder's ``forward`` directly, past module hooks, so forward hooks
     on its sparse-MoE layers collect each layer's router statistics instead. Each is weighted by
     1/num_layers (the encoder's ``aux_loss`` is the layer mean) and by its forward's share of the batch's
-    sentences (anchors, positives and negatives are separate forwards), so the added term is
+    sentences that the encoder reads (anchors, positives and negatives are separate forwards; an inference-free
+    encoder's queries skip it), so the added term is
     ``router_loss(config, outputs)`` of the whole batch. The parts are returned as a dict ("contrastive", or the
     wrapped loss's own parts where it returns a dict, as SpladeLoss does, and "router"), which the trainer sums and
     logs separately.
@@ -62,7 +71,9 @@ class RouterLossWrapper(nn.Module):
         super().__init__()
         self.loss = loss
         self.model = model
-        encoder = model[0].model
+        self._router = getattr(model[0], "sub_modules", None)  # {route: modules} of a Router, else None
+        self._encoder_module = encoder_route(model)[0]
+        encoder = self._encoder_module.model
         self.config = encoder.config
         self.weight = weight
         self.cached = uses_gradient_cache(loss)
@@ -92,12 +103,19 @@ class RouterLossWrapper(nn.Module):
             return _WithLossGradient.apply(y, loss, self._grad_scale.to(loss.dtype)), stats
         self._terms.append(loss)
 
+    def _reaches_encoder(self, features: dict) -> bool:
+        """Whether these texts go through the encoder (not, under a Router, through a route without it)."""
+        if self._router is None:
+            return True
+        route = features.get("task") or self.model[0].default_route
+        return any(m is self._encoder_module for m in self._router[route])
+
     def _remember_grad_scale(self, grad: torch.Tensor) -> None:
         self._grad_scale = grad.detach()
 
     def forward(self, sentence_features, labels) -> dict[str, torch.Tensor]:
         sentence_features = list(sentence_features)
-        self._batch_rows = sum(f["input_ids"].shape[0] for f in sentence_features)
+        self._batch_rows = max(sum(f["input_ids"].shape[0] for f in sentence_features if self._reaches_encoder(f)), 1)
         self._terms = []
         parts = self.loss(sentence_features, labels)
         parts = dict(parts) if isinstance(parts, dict) else {"contrastive": parts}  # SpladeLoss returns its parts

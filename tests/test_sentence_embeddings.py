@@ -2,6 +2,7 @@
 exports a folder that a fresh process loads with SentenceTransformer(dir, trust_remote_code=True)."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -415,3 +416,128 @@ print(json.dumps({"vectors": vectors.tolist(), "pooling": type(model[1]).__modul
     assert "transformers_modules" in seen["pooling"]  # the folder's own remote code, not the repo's
     assert torch.allclose(torch.tensor(seen["vectors"]), here, atol=1e-5)
     assert (here > 0).any() and (here > 0).sum() < here.numel()  # sparse, not empty
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference-free sparse retrieval (--query_encoder idf): queries are their pieces weighted by idf
+
+
+def test_inverse_document_frequency_is_bm25s_up_to_1_and_gives_special_tokens_nothing(mlm_checkpoint):
+    tokenizer = SpanishSPMTokenizer.from_pretrained(mlm_checkpoint)
+    passages = ["el menú Formato", "el menú Insertar", "el documento", "una tabla"]
+    idf = tse.inverse_document_frequency(tokenizer, passages, max_length=48)
+    pieces = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in passages]
+    df = {t: sum(t in set(ids) for ids in pieces) for ids in pieces for t in ids}
+    largest = math.log1p((4 - 0 + 0.5) / (0 + 0.5))  # a piece in no passage
+    for token, count in df.items():
+        assert idf[token].item() == pytest.approx(math.log1p((4 - count + 0.5) / (count + 0.5)) / largest, rel=1e-6)
+    assert idf.max().item() == pytest.approx(1.0)
+    assert idf[pieces[3][-1]] > idf[pieces[0][0]] > 0  # a piece of one passage outweighs one of three
+    assert idf[tokenizer.all_special_ids].abs().sum() == 0 and idf.shape == (len(tokenizer),)
+
+
+@pytest.fixture(scope="module")
+def idf_batch_and_model(mlm_checkpoint):
+    args = make_args(mlm_checkpoint, encoder="sparse", query_encoder="idf", pmi_threshold=0.0)
+    tokenizer = SpanishSPMTokenizer.from_pretrained(mlm_checkpoint)
+    idf = tse.inverse_document_frequency(tokenizer, ["Abra el menú Formato.", "Guarde el documento."], 48)
+    model = tse.build_model(args, "splade", idf)
+    model.train()
+    columns = [["Pulse Aceptar.", "Abra el menú."], ["Guarde el documento.", "Elija Formato."], ["Imprima.", "Cierre."]]
+    batch = [model.preprocess(c, task=t) for c, t in zip(columns, ("query", "document", "document"))]
+    return model, batch, idf, tokenizer
+
+
+def test_idf_query_encoder_weighs_a_querys_pieces_by_idf_without_the_model(idf_batch_and_model):
+    from sentence_transformers.base.modules import Router
+
+    model, _, idf, tokenizer = idf_batch_and_model
+    assert isinstance(model[0], Router) and set(model[0].sub_modules) == {"query", "document"}
+    query = "Abra el menú Formato, abra."
+    vector = model.encode_query([query], convert_to_tensor=True, convert_to_sparse_tensor=False)[0]
+    expected = torch.zeros(len(tokenizer))
+    pieces = tokenizer(query, add_special_tokens=False)["input_ids"]
+    expected[pieces] = idf[pieces]  # once per piece, however often it occurs
+    assert torch.equal(vector, expected)
+    document = model.encode_document([query], convert_to_tensor=True, convert_to_sparse_tensor=False)[0]
+    assert not torch.equal(document, expected) and (document > 0).any()  # documents go through the model
+
+
+def test_idf_query_encoder_router_losses_count_the_documents_only(idf_batch_and_model):
+    """Queries skip the encoder, so its router losses are the mean over the documents' forwards: the same with or
+    without a query column (with the query rows counted, they would be 2/3 of it)."""
+    from sentence_transformers.base.losses.merged_forward import column_merging_disabled
+    from sentence_transformers.sparse_encoder import losses as sparse_losses
+
+    model, batch, _, _ = idf_batch_and_model
+    model.train()  # encode() above left it in eval mode, where no router losses are taken
+    loss = RouterLossWrapper(
+        sparse_losses.SpladeLoss(
+            model, sparse_losses.SparseMultipleNegativesRankingLoss(model), document_regularizer_weight=1e-2
+        ),
+        model,
+    )
+    with column_merging_disabled(), torch.no_grad():
+        with_query = loss([dict(f) for f in batch], None)["router"]
+        documents_only = loss([dict(f) for f in batch[1:]], None)["router"]
+    loss.remove_hooks()
+    assert with_query.item() > 0
+    assert with_query.item() == pytest.approx(documents_only.item(), rel=1e-5)
+
+
+def test_idf_query_encoder_arguments_are_checked(mlm_checkpoint):
+    with pytest.raises(ValueError, match="--query_encoder must be one of"):
+        make_args(mlm_checkpoint, encoder="sparse", query_encoder="bm25")
+    with pytest.raises(ValueError, match="--query_encoder idf needs --encoder sparse"):
+        make_args(mlm_checkpoint, query_encoder="idf")
+    with pytest.raises(ValueError, match="--query_prompt needs --query_encoder model"):
+        make_args(mlm_checkpoint, encoder="sparse", query_encoder="idf", query_prompt="consulta: ")
+
+
+@pytest.mark.slow
+def test_tiny_inference_free_run_exports_a_retriever_a_fresh_process_loads(mlm_checkpoint, tmp_path):
+    output_dir = tmp_path / "sparse-idf"
+    tse.main(
+        [
+            "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(output_dir), "--encoder", "sparse",
+            "--query_encoder", "idf", "--pmi_threshold", "0", "--max_documents", "200", "--max_pairs", "64",
+            "--max_seq_length", "48", "--max_steps", "2", "--per_device_train_batch_size", "32",
+            "--mini_batch_size", "16", "--eval_baselines", "false", "--dev_dir", str(small_dev_set(tmp_path / "dev")),
+        ]
+    )  # fmt: skip
+    assert json.loads((output_dir / "modules.json").read_text())[0]["type"] == "sentence_transformers.models.Router"
+    router = json.loads((output_dir / "router_config.json").read_text())
+    assert router["structure"] == {
+        "query": ["query_0_SparseStaticEmbedding"],
+        "document": ["document_0_MLMTransformer", "document_1_SpladePooling"],
+    }
+    # The document route's model is the folder's own (the AutoModel users' copy), the trained one.
+    assert (output_dir / "document_0_MLMTransformer" / "model.safetensors").read_bytes() == (
+        output_dir / "model.safetensors"
+    ).read_bytes()
+    exported, original = load_file(output_dir / "model.safetensors"), load_file(mlm_checkpoint / "model.safetensors")
+    assert not torch.equal(exported["decoder.bias"], original["decoder.bias"])
+    card = ModelCard.load(output_dir / "README.md")
+    assert "inference-free on the query side" in card.text and "query_0_SparseStaticEmbedding" in card.text
+
+    texts = ["¿Cómo inserto una tabla?", "Para insertar una tabla, abra el menú Insertar."]
+    from spanish_moe_bert.retrieval_eval import load_sentence_transformer
+
+    here = load_sentence_transformer(output_dir)
+    queries = here.encode_query(texts, convert_to_sparse_tensor=False)
+    documents = here.encode_document(texts, convert_to_sparse_tensor=False)
+    script = """
+import sys, json
+from sentence_transformers import SparseEncoder
+model = SparseEncoder(sys.argv[1], trust_remote_code=True, device="cpu")
+texts = json.loads(sys.argv[2])
+print(json.dumps({"queries": model.encode_query(texts, convert_to_sparse_tensor=False).tolist(),
+                  "documents": model.encode_document(texts, convert_to_sparse_tensor=False).tolist()}))
+"""
+    seen = load_elsewhere(output_dir, tmp_path, script, json.dumps(texts))
+    assert torch.equal(torch.tensor(seen["queries"]), queries)
+    assert torch.allclose(torch.tensor(seen["documents"]), documents, atol=1e-5)
+    idf = load_file(output_dir / "query_0_SparseStaticEmbedding" / "model.safetensors")["weight"]
+    tokenizer = SpanishSPMTokenizer.from_pretrained(output_dir)
+    pieces = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    assert torch.equal(queries[0][pieces], idf[pieces]) and (queries[0] > 0).sum() <= len(set(pieces))
