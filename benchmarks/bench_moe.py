@@ -7,6 +7,8 @@ Contenders at equal shapes (hidden 1024, 32 experts of width 88, top-4: the defa
   dense           SwiGLU of width top_k * moe_intermediate_size (same FLOPs per token, no routing)
   naive loop      one masked gather / matmul / index_add per expert (the classic reference loop)
   qwen3 <impl>    transformers' Qwen3MoeSparseMoeBlock with each experts implementation it offers
+and, fp32 with `F.grouped_mm`, the GEMM floor: the experts' grouped GEMMs alone at balanced loads against dense's
+GEMMs alone (fwd+bwd; no routing, gathers or activation), the lowest ratio the layer could reach here.
 
 Timings interleave the contenders round by round and report the median, so machine noise hits all alike.
 The process keeps freed memory for reuse as run_mlm.py does on CPUs (`spanish_moe_bert.cpu`); `--allocator
@@ -135,6 +137,42 @@ def bench(tokens: int, hidden: int, dtype: torch.dtype, backward: bool, rounds: 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def gemm_floor(config: SpanishMoEBertConfig, tokens: int, rounds: int) -> dict[str, float]:
+    """The matrix products alone, forward and backward, at perfectly balanced expert loads: the experts' two grouped
+    GEMMs (`F.grouped_mm`, as the training path runs them) against dense's two GEMMs of the same FLOPs. No routing,
+    gathers or activation: their ratio is the lowest fwd+bwd ratio the layer could reach on this machine."""
+    e, h, i, k = config.num_experts, config.hidden_size, config.moe_intermediate_size, config.num_experts_per_tok
+    rows = tokens * k
+    offsets = torch.arange(1, e + 1, dtype=torch.int32) * (rows // e)
+
+    def leaf(*shape):
+        return torch.randn(*shape).mul_(0.02).requires_grad_()
+
+    expert = [leaf(rows, h), leaf(e, h, 2 * i), leaf(rows, i), leaf(e, i, h)]
+    dense = [leaf(tokens, h), leaf(h, 2 * k * i), leaf(tokens, k * i), leaf(k * i, h)]
+
+    def expert_step():
+        x, w1, hidden, w2 = expert
+        F.grouped_mm(x, w1, offs=offsets).backward(torch.ones(rows, 2 * i))
+        F.grouped_mm(hidden, w2, offs=offsets).backward(torch.ones(rows, h))
+
+    def dense_step():
+        x, w1, hidden, w2 = dense
+        (x @ w1).backward(torch.ones(tokens, 2 * k * i))
+        (hidden @ w2).backward(torch.ones(tokens, h))
+
+    steps = {"expert GEMMs alone (balanced loads)": expert_step, "dense GEMMs alone": dense_step}
+    times = {name: [] for name in steps}
+    for _ in range(rounds + 1):  # the first round warms up
+        for name, step in steps.items():
+            for t in expert + dense:
+                t.grad = None
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4096 tokens, fewer rounds")
@@ -171,6 +209,12 @@ def main():
                                      pass_="fwd+bwd" if backward else "fwd", contender=name,
                                      ms=round(seconds * 1e3, 2), x_dense=round(seconds / dense, 2)))  # fmt: skip
                 print(f"done: {tokens} tokens {dtype} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr)
+        if "float32" in args.dtypes and hasattr(F, "grouped_mm"):
+            floor = gemm_floor(config, tokens, rounds)
+            dense = floor["dense GEMMs alone"]
+            for name, seconds in floor.items():
+                rows.append(dict(tokens=tokens, dtype="float32", pass_="fwd+bwd, GEMMs only", contender=name,
+                                 ms=round(seconds * 1e3, 2), x_dense=round(seconds / dense, 2)))  # fmt: skip
 
     header = "| tokens | dtype | pass | contender | ms | × dense |\n|---:|---|---|---|---:|---:|"
     lines = [

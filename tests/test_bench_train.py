@@ -1,8 +1,10 @@
-"""bench_train measures the optimizer that run_mlm.py's Trainer builds, not a hand-picked one."""
+"""bench_train steps the optimizer run_mlm.py's Trainer builds, not a hand-picked one, and times its share of a step."""
 
 import sys
+import time
 from pathlib import Path
 
+import torch
 from tiny_config import make_config
 from transformers import Trainer, TrainingArguments
 
@@ -25,3 +27,19 @@ def test_the_benchmark_steps_the_trainers_default_optimizer(tmp_path):
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert stepped == {id(p) for p in model.parameters()}
     assert bench_train.describe(optimizer) == ("AdamW (fused)" if reference.defaults.get("fused") else "AdamW")
+
+
+def test_the_optimizer_share_is_the_time_in_step_and_zero_grad(monkeypatch):
+    model = SpanishMoEBertForMaskedLM(make_config())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    slow_step = optimizer.step
+
+    def step():  # an optimizer step that takes at least 50 ms
+        time.sleep(0.05)
+        slow_step()
+
+    monkeypatch.setattr(optimizer, "step", step)
+    batch = {"input_ids": torch.randint(5, model.config.vocab_size, (2, 8)), "labels": torch.full((2, 8), 7)}
+    total, in_optimizer = bench_train.train_steps(model, optimizer, [batch, batch])
+    assert 0.1 <= in_optimizer < total
+    assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none) ran inside the timed part

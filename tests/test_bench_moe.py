@@ -1,0 +1,35 @@
+"""bench_moe's GEMM floor: the experts' grouped GEMMs at balanced loads against dense's GEMMs of the same FLOPs."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch.nn.functional as F
+from tiny_config import make_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_moe  # noqa: E402
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="F.grouped_mm needs torch >= 2.9 (CI installs 2.13)")
+def test_gemm_floor_times_the_expert_and_dense_gemms_of_equal_flops(monkeypatch):
+    config = make_config()
+    shapes = []
+    grouped_mm = F.grouped_mm
+
+    def recording(x, w, offs):
+        shapes.append((tuple(x.shape), tuple(w.shape), offs.tolist()))
+        return grouped_mm(x, w, offs=offs)
+
+    monkeypatch.setattr(bench_moe.F, "grouped_mm", recording)
+    floor = bench_moe.gemm_floor(config, tokens=64, rounds=2)
+    assert set(floor) == {"expert GEMMs alone (balanced loads)", "dense GEMMs alone"}
+    assert all(seconds > 0 for seconds in floor.values())
+    e, h, i, k = config.num_experts, config.hidden_size, config.moe_intermediate_size, config.num_experts_per_tok
+    rows = 64 * k
+    balanced = [rows // e * (n + 1) for n in range(e)]
+    # Every expert gets the same rows, the up projection then the down projection, as the training path runs them.
+    assert shapes[0] == ((rows, h), (e, h, 2 * i), balanced) and shapes[1] == ((rows, i), (e, i, h), balanced)
+    assert len(shapes) == 2 * 3  # two GEMMs per round, the warm-up round included
+    assert balanced[-1] == rows  # the offsets cover every row
