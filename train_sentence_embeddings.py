@@ -11,7 +11,8 @@ BM25-mined hard negative. Two kinds of model come out:
   (Cached)SpladeLoss: in-batch ranking plus the FLOPS sparsity regularisers. With ``--query_encoder idf`` it is
   inference-free on the query side (as OpenSearch's neural sparse models): a query is the bag of its word pieces,
   each weighted by its inverse document frequency in the training passages (SparseStaticEmbedding, behind a
-  Router), and only passages go through the model.
+  Router), and only passages go through the model. ``--train_queries_with_model`` trains it as plain SPLADE and
+  switches to idf queries for search only.
 
 Either way the MoE router losses (load balancing + z-loss) are added so the experts stay balanced
 (spanish_moe_bert/router_loss.py). The dev-set documents (data/retrieval_dev) are excluded from the pairs,
@@ -120,6 +121,11 @@ class EmbeddingArguments:
         metadata={"help": "Sparse: model (queries go through the SPLADE model too) or idf (inference-free: a query is "
                   "its word pieces weighted by their inverse document frequency in the training passages)."},
     )
+    train_queries_with_model: bool = field(
+        default=False,
+        metadata={"help": "With --query_encoder idf: train as plain SPLADE (queries through the model too) and use "
+                  "idf queries for search only."},
+    )
     pmi_threshold: float = field(
         default=6.0, metadata={"help": "Sparse: the pointwise mutual information (nats) a word needs for a weight."}
     )
@@ -173,6 +179,8 @@ class EmbeddingArguments:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.query_encoder == "idf" and self.encoder != "sparse":
             raise ValueError("--query_encoder idf needs --encoder sparse: it weighs a query's words, not a vector")
+        if self.train_queries_with_model and self.query_encoder != "idf":
+            raise ValueError("--train_queries_with_model needs --query_encoder idf: it is how idf queries are trained")
         if self.query_encoder == "idf" and self.query_prompt:
             raise ValueError("--query_prompt needs --query_encoder model: an idf query encoder reads no prompt")
         if self.encoder == "sparse" and self.matryoshka_dims:
@@ -285,6 +293,10 @@ def choose_pooling(
     return models[best], best, scores
 
 
+def idf_queries_in_training(args: EmbeddingArguments) -> bool:
+    return args.query_encoder == "idf" and not args.train_queries_with_model
+
+
 def build_loss(args: EmbeddingArguments, model: SentenceTransformer | SparseEncoder) -> tuple[nn.Module, list]:
     """The training loss, and the callbacks it needs (the sparse regularisers' warm-up)."""
     callbacks = []
@@ -292,7 +304,7 @@ def build_loss(args: EmbeddingArguments, model: SentenceTransformer | SparseEnco
         ranking = sparse_losses.SparseMultipleNegativesRankingLoss(model, scale=args.scale)
         weights = {  # an idf query encoder has nothing to regularise
             "document_regularizer_weight": args.document_regularizer_weight,
-            "query_regularizer_weight": args.query_regularizer_weight if args.query_encoder == "model" else None,
+            "query_regularizer_weight": None if idf_queries_in_training(args) else args.query_regularizer_weight,
         }
         if args.loss == "cached_mnrl":
             loss = sparse_losses.CachedSpladeLoss(model, ranking, mini_batch_size=args.mini_batch_size, **weights)
@@ -332,12 +344,17 @@ def run(
     before_ndcg = {p: round(m["ndcg@10"], 4) for p, m in before.items()}
     logger.info("pooling %s (dev nDCG@10 before training: %s)", pooling, before_ndcg)
 
-    loss, callbacks = build_loss(args, model)
+    # With --train_queries_with_model the model trains as plain SPLADE: the Router's document modules, themselves.
+    trained = model
+    if args.train_queries_with_model:
+        trained = SparseEncoder(modules=encoder_route(model), prompts=model.prompts, similarity_fn_name="dot")
+    loss, callbacks = build_loss(args, trained)
     trainer_class = SparseEncoderTrainer if args.encoder == "sparse" else SentenceTransformerTrainer
     trainer = trainer_class(
-        model=model, args=training_args, train_dataset=train_dataset, loss=loss, callbacks=callbacks
+        model=trained, args=training_args, train_dataset=train_dataset, loss=loss, callbacks=callbacks
     )
     trainer.train()
+    model.to(trained.device)  # the idf query module too, where the trainer moved the document modules
 
     results = {f"ours before ({pooling} pooling, MLM only)": before[pooling]}
     results.update(compare(default_systems({AFTER: model}, baselines=args.eval_baselines), dev))
@@ -387,6 +404,7 @@ def export_embedding_model(
     )
     if args.query_encoder == "idf":
         what += ", inference-free on the query side (a query is its word pieces weighted by their idf)"
+        what += " for search; trained with the queries through the model" if args.train_queries_with_model else ""
     head = "The MLM head was trained too: its logits are the word weights." if sparse else (
         "The MLM head was not trained in this stage."
     )
@@ -436,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, training_args = argument_parser(SentenceTransformerTrainingArguments).parse_args_into_dataclasses(args=argv)
     if args.encoder == "sparse":  # its trainer takes its own class of the same options
         _, training_args = argument_parser(SparseEncoderTrainingArguments).parse_args_into_dataclasses(args=argv)
-        if args.query_encoder == "idf" and not training_args.router_mapping:  # the pairs' columns to the routes
+        if idf_queries_in_training(args) and not training_args.router_mapping:  # the pairs' columns to the routes
             training_args.router_mapping = {"anchor": "query", "positive": "document", "negative": "document"}
     return run(args, training_args)
 

@@ -492,19 +492,31 @@ def test_idf_query_encoder_arguments_are_checked(mlm_checkpoint):
         make_args(mlm_checkpoint, query_encoder="idf")
     with pytest.raises(ValueError, match="--query_prompt needs --query_encoder model"):
         make_args(mlm_checkpoint, encoder="sparse", query_encoder="idf", query_prompt="consulta: ")
+    with pytest.raises(ValueError, match="--train_queries_with_model needs --query_encoder idf"):
+        make_args(mlm_checkpoint, encoder="sparse", train_queries_with_model=True)
+    # Trained as plain SPLADE, its queries go through the model: they get the query regulariser back.
+    assert not tse.idf_queries_in_training(
+        make_args(mlm_checkpoint, encoder="sparse", query_encoder="idf", train_queries_with_model=True)
+    )
+    assert tse.idf_queries_in_training(make_args(mlm_checkpoint, encoder="sparse", query_encoder="idf"))
 
 
 @pytest.mark.slow
-def test_tiny_inference_free_run_exports_a_retriever_a_fresh_process_loads(mlm_checkpoint, tmp_path):
+@pytest.mark.parametrize("train_queries_with_model", [False, True])
+def test_tiny_inference_free_run_exports_a_retriever_a_fresh_process_loads(
+    mlm_checkpoint, tmp_path, train_queries_with_model
+):
     output_dir = tmp_path / "sparse-idf"
-    tse.main(
+    results = tse.main(
         [
             "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(output_dir), "--encoder", "sparse",
             "--query_encoder", "idf", "--pmi_threshold", "0", "--max_documents", "200", "--max_pairs", "64",
             "--max_seq_length", "48", "--max_steps", "2", "--per_device_train_batch_size", "32",
             "--mini_batch_size", "16", "--eval_baselines", "false", "--dev_dir", str(small_dev_set(tmp_path / "dev")),
+            "--train_queries_with_model", str(train_queries_with_model).lower(),
         ]
     )  # fmt: skip
+    assert set(results) == {"ours before (splade pooling, MLM only)", "ours after (contrastive)"}
     assert json.loads((output_dir / "modules.json").read_text())[0]["type"] == "sentence_transformers.models.Router"
     router = json.loads((output_dir / "router_config.json").read_text())
     assert router["structure"] == {
@@ -515,10 +527,12 @@ def test_tiny_inference_free_run_exports_a_retriever_a_fresh_process_loads(mlm_c
     assert (output_dir / "document_0_MLMTransformer" / "model.safetensors").read_bytes() == (
         output_dir / "model.safetensors"
     ).read_bytes()
+    # Either way the stage trained the document modules that the exported Router holds.
     exported, original = load_file(output_dir / "model.safetensors"), load_file(mlm_checkpoint / "model.safetensors")
     assert not torch.equal(exported["decoder.bias"], original["decoder.bias"])
     card = ModelCard.load(output_dir / "README.md")
     assert "inference-free on the query side" in card.text and "query_0_SparseStaticEmbedding" in card.text
+    assert ("trained with the queries through the model" in card.text) == train_queries_with_model
 
     texts = ["¿Cómo inserto una tabla?", "Para insertar una tabla, abra el menú Insertar."]
     from spanish_moe_bert.retrieval_eval import load_sentence_transformer
