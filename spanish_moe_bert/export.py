@@ -12,7 +12,9 @@ The folder holds what each kind of Hub user loads, all with `trust_remote_code=T
   the tokenizer files (their `auto_map`) and the three code files;
 - Sentence Transformers: `modules.json`, `sentence_bert_config.json`, `config_sentence_transformers.json`
   (cosine similarity) and `1_Pooling/config.json` ([CLS] pooling = the model's `pooler_output`, or mean);
-  after a sparse contrastive stage the SparseEncoder layout instead (`1_SpladePooling/` and its code file);
+  after a sparse contrastive stage the SparseEncoder layout instead (`1_SpladePooling/` and its code file), or with
+  idf queries a Router (`router_config.json`, `query_0_SparseStaticEmbedding/`, `document_0_MLMTransformer/`,
+  `document_1_SpladePooling/`);
 - people: `README.md`, a model card from `hub_card/` with Hub metadata (widget, model-index with this
   checkpoint's held-out MLM metrics, and a contrastive stage's retrieval metrics), the training-loss curve and an
   expert-load heatmap.
