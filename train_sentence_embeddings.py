@@ -294,6 +294,7 @@ def choose_pooling(
 
 
 def idf_queries_in_training(args: EmbeddingArguments) -> bool:
+    """Whether the training queries take the idf route (inference-free training), not the model's."""
     return args.query_encoder == "idf" and not args.train_queries_with_model
 
 

@@ -150,16 +150,19 @@ def gemm_floor(config: SpanishMoEBertConfig, tokens: int, rounds: int) -> dict[s
 
     expert = [leaf(rows, h), leaf(e, h, 2 * i), leaf(rows, i), leaf(e, i, h)]
     dense = [leaf(tokens, h), leaf(h, 2 * k * i), leaf(tokens, k * i), leaf(k * i, h)]
+    # The output gradients exist before the clock starts, as a layer's incoming gradient does.
+    expert_grads = [torch.ones(rows, 2 * i), torch.ones(rows, h)]
+    dense_grads = [torch.ones(tokens, 2 * k * i), torch.ones(tokens, h)]
 
     def expert_step():
         x, w1, hidden, w2 = expert
-        F.grouped_mm(x, w1, offs=offsets).backward(torch.ones(rows, 2 * i))
-        F.grouped_mm(hidden, w2, offs=offsets).backward(torch.ones(rows, h))
+        F.grouped_mm(x, w1, offs=offsets).backward(expert_grads[0])
+        F.grouped_mm(hidden, w2, offs=offsets).backward(expert_grads[1])
 
     def dense_step():
         x, w1, hidden, w2 = dense
-        (x @ w1).backward(torch.ones(tokens, 2 * k * i))
-        (hidden @ w2).backward(torch.ones(tokens, h))
+        (x @ w1).backward(dense_grads[0])
+        (hidden @ w2).backward(dense_grads[1])
 
     steps = {"expert GEMMs alone (balanced loads)": expert_step, "dense GEMMs alone": dense_step}
     times = {name: [] for name in steps}

@@ -3,7 +3,6 @@
 import sys
 from pathlib import Path
 
-import pytest
 import torch.nn.functional as F
 from tiny_config import make_config
 
@@ -12,7 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_moe  # noqa: E402
 
 
-@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="F.grouped_mm needs torch >= 2.9 (CI installs 2.13)")
 def test_gemm_floor_times_the_expert_and_dense_gemms_of_equal_flops(monkeypatch):
     config = make_config()
     shapes = []
