@@ -13,7 +13,7 @@ The folder holds what each kind of Hub user loads, all with `trust_remote_code=T
 - Sentence Transformers: `modules.json`, `sentence_bert_config.json`, `config_sentence_transformers.json`
   (cosine similarity) and `1_Pooling/config.json` ([CLS] pooling = the model's `pooler_output`, or mean);
   after a sparse contrastive stage the SparseEncoder layout instead (`1_SpladePooling/` and its code file), or with
-  idf queries a Router (`router_config.json`, `query_0_SparseStaticEmbedding/`, `document_0_MLMTransformer/`,
+  idf queries a Router (`router_config.json`, `query_0_SparseStaticEmbedding/`, the root model for documents,
   `document_1_SpladePooling/`);
 - people: `README.md`, a model card from `hub_card/` with Hub metadata (widget, model-index with this
   checkpoint's held-out MLM metrics, and a contrastive stage's retrieval metrics), the training-loss curve and an
@@ -269,9 +269,9 @@ def write_sparse_encoder_files(
     PMISpladePooling module (its config and log-prior weights, and its code file, which it loads as remote code).
 
     With `query_idf` (a SparseStaticEmbedding) the retriever is inference-free on the query side: one Router module
-    sends queries to `query_0_SparseStaticEmbedding/` (the idf weights) and documents through
-    `document_0_MLMTransformer/` and `document_1_SpladePooling/`. The document route's Transformer is a copy of this
-    folder's model (the Router loads each module from its own subfolder), so such a folder holds the weights twice.
+    sends queries to `query_0_SparseStaticEmbedding/` (the idf weights) and documents through this folder's own
+    model (module path `.`: the Router loads it from the root, where `AutoModel` does, so the weights are stored once;
+    on the Hub a `./` path resolves to the root as every root-level module's does) and `document_1_SpladePooling/`.
 
     Module types in the Sentence Transformers 5 format (`sentence_transformers.sparse_encoder.models.*`), which
     release 6 still reads."""
@@ -289,14 +289,8 @@ def write_sparse_encoder_files(
     else:
         routes = {
             "query": {"query_0_SparseStaticEmbedding": static_type},
-            "document": {"document_0_MLMTransformer": mlm_type, "document_1_SpladePooling": pooling_type},
+            "document": {".": mlm_type, "document_1_SpladePooling": pooling_type},
         }
-        document = folder / "document_0_MLMTransformer"
-        document.mkdir()
-        for path in folder.iterdir():  # the model, tokenizer and code files written so far
-            if path.is_file():
-                shutil.copyfile(path, document / path.name)
-        write_json_files(document, {"sentence_bert_config.json": sentence_bert_config})
         write_query_idf(folder / "query_0_SparseStaticEmbedding", query_idf)
         router_config = {
             "types": {name: kind for route in routes.values() for name, kind in route.items()},
