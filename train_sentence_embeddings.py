@@ -8,11 +8,11 @@ BM25-mined hard negative. Two kinds of model come out:
   (Cached)MultipleNegativesRankingLoss;
 * ``--encoder sparse``: SPLADE, one weight per vocabulary word from the MLM head, pooled over pointwise mutual
   information (SparseEncoder + sparse_pooling_spanish_moe_bert.PMISpladePooling), trained with
-  (Cached)SpladeLoss: in-batch ranking plus the FLOPS sparsity regularisers. With ``--query_encoder idf`` it is
-  inference-free on the query side (as OpenSearch's neural sparse models): a query is the bag of its word pieces,
-  each weighted by its inverse document frequency in the training passages (SparseStaticEmbedding, behind a
-  Router), and only passages go through the model. ``--train_queries_with_model`` trains it as plain SPLADE and
-  switches to idf queries for search only.
+  (Cached)SpladeLoss: in-batch ranking plus the FLOPS sparsity regularisers. By default (``--query_encoder idf``)
+  it is inference-free on the query side (as OpenSearch's neural sparse models): a query is the bag of its word
+  pieces, each weighted by its inverse document frequency in the training passages (SparseStaticEmbedding, behind
+  a Router), and only passages go through the model. ``--train_queries_with_model`` trains it as plain SPLADE and
+  switches to idf queries for search only; ``--query_encoder model`` makes it plain SPLADE throughout.
 
 Either way the MoE router losses (load balancing + z-loss) are added so the experts stay balanced
 (spanish_moe_bert/router_loss.py). The dev-set documents (data/retrieval_dev) are excluded from the pairs,
@@ -116,10 +116,11 @@ class EmbeddingArguments:
     pooling: str = field(
         default="mean", metadata={"help": "Dense: cls, mean, or auto (the better on the dev set before training)."}
     )
-    query_encoder: str = field(
-        default="model",
-        metadata={"help": "Sparse: model (queries go through the SPLADE model too) or idf (inference-free: a query is "
-                  "its word pieces weighted by their inverse document frequency in the training passages)."},
+    query_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Sparse: idf (the default; inference-free: a query is its word pieces weighted by their "
+                  "inverse document frequency in the training passages) or model (queries go through the SPLADE "
+                  "model too). Dense: model."},
     )
     train_queries_with_model: bool = field(
         default=False,
@@ -162,6 +163,8 @@ class EmbeddingArguments:
     onnx: bool = field(default=False, metadata={"help": "Also export the trained encoder as onnx/model.onnx."})
 
     def __post_init__(self):
+        if self.query_encoder is None:  # idf queries beat the model's own at two seeds each (README, sparse section)
+            self.query_encoder = "idf" if self.encoder == "sparse" else "model"
         choices = {
             "encoder": ("dense", "sparse"),
             "pooling": ("cls", "mean", "auto"),

@@ -326,7 +326,8 @@ def test_pmi_pooling_of_an_mlm_head_takes_its_prior_from_the_output_bias_and_ski
 @pytest.fixture(scope="module")
 def sparse_batch_and_model(mlm_checkpoint):
     # The untrained checkpoint's PMI is noise around 0: threshold 0 gives about half the words a weight.
-    return training_batch(make_args(mlm_checkpoint, encoder="sparse", pmi_threshold=0.0), "splade")
+    args = make_args(mlm_checkpoint, encoder="sparse", query_encoder="model", pmi_threshold=0.0)
+    return training_batch(args, "splade")
 
 
 def test_sparse_gradcache_gives_the_same_gradients_including_router_losses(sparse_batch_and_model):
@@ -380,9 +381,9 @@ def test_tiny_sparse_run_exports_a_retriever_a_fresh_process_loads(mlm_checkpoin
     results = tse.main(
         [
             "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(output_dir), "--encoder", "sparse",
-            "--pmi_threshold", "0", "--max_documents", "200", "--max_pairs", "64", "--max_seq_length", "48",
-            "--max_steps", "2", "--per_device_train_batch_size", "32", "--mini_batch_size", "16",
-            "--eval_baselines", "false", "--dev_dir", str(small_dev_set(tmp_path / "dev")),
+            "--query_encoder", "model", "--pmi_threshold", "0", "--max_documents", "200", "--max_pairs", "64",
+            "--max_seq_length", "48", "--max_steps", "2", "--per_device_train_batch_size", "32",
+            "--mini_batch_size", "16", "--eval_baselines", "false", "--dev_dir", str(small_dev_set(tmp_path / "dev")),
         ]
     )  # fmt: skip
     assert set(results) == {"ours before (splade pooling, MLM only)", "ours after (contrastive)"}
@@ -493,7 +494,10 @@ def test_idf_query_encoder_arguments_are_checked(mlm_checkpoint):
     with pytest.raises(ValueError, match="--query_prompt needs --query_encoder model"):
         make_args(mlm_checkpoint, encoder="sparse", query_encoder="idf", query_prompt="consulta: ")
     with pytest.raises(ValueError, match="--train_queries_with_model needs --query_encoder idf"):
-        make_args(mlm_checkpoint, encoder="sparse", train_queries_with_model=True)
+        make_args(mlm_checkpoint, encoder="sparse", query_encoder="model", train_queries_with_model=True)
+    # Idf queries are the sparse default (they won at two seeds each); dense queries go through the model.
+    assert make_args(mlm_checkpoint, encoder="sparse").query_encoder == "idf"
+    assert make_args(mlm_checkpoint).query_encoder == "model"
     # Trained as plain SPLADE, its queries go through the model: they get the query regulariser back.
     assert not tse.idf_queries_in_training(
         make_args(mlm_checkpoint, encoder="sparse", query_encoder="idf", train_queries_with_model=True)
