@@ -391,7 +391,10 @@ def assert_checkpointing_gives_the_same_gradients(model, ids):
     model(ids, labels=ids).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    model.activation_checkpointing_enable()
+    # transformers renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable after 5.17
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    assert model.model.gradient_checkpointing
     model(ids, labels=ids).loss.backward()
     for name, grad in reference.items():
         assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-6), name
