@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness  # noqa: E402  (benchmarks/, the script's folder)
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig  # noqa: E402
-from modeling_spanish_moe_bert import SpanishMoEBertMLP, SpanishMoEBertSparseMoE  # noqa: E402
+from modeling_spanish_moe_bert import SpanishMoEBertMLP, SpanishMoEBertSparseMoE, grouped_mm_available  # noqa: E402
 from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -212,7 +212,7 @@ def main():
                                      pass_="fwd+bwd" if backward else "fwd", contender=name,
                                      ms=round(seconds * 1e3, 2), x_dense=round(seconds / dense, 2)))  # fmt: skip
                 print(f"done: {tokens} tokens {dtype} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr)
-        if "float32" in args.dtypes and hasattr(F, "grouped_mm"):
+        if "float32" in args.dtypes and grouped_mm_available(torch.device("cpu"), torch.float32):
             floor = gemm_floor(config, tokens, rounds)
             dense = floor["dense GEMMs alone"]
             for name, seconds in floor.items():

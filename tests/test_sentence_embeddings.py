@@ -375,17 +375,22 @@ def test_sparse_arguments_are_checked(mlm_checkpoint):
     assert make_args(mlm_checkpoint, encoder="sparse").scale == 1.0 and make_args(mlm_checkpoint).scale == 20.0
 
 
+def tiny_sparse_run(mlm_checkpoint, output_dir: Path, *options: str) -> dict:
+    """Two training steps of the sparse stage on 64 pairs of the bundled corpus, exported to `output_dir`."""
+    return tse.main(
+        [
+            "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(output_dir), "--encoder", "sparse",
+            "--pmi_threshold", "0", "--max_documents", "200", "--max_pairs", "64", "--max_seq_length", "48",
+            "--max_steps", "2", "--per_device_train_batch_size", "32", "--mini_batch_size", "16",
+            "--eval_baselines", "false", "--dev_dir", str(small_dev_set(output_dir.parent / "dev")), *options,
+        ]
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_tiny_sparse_run_exports_a_retriever_a_fresh_process_loads(mlm_checkpoint, tmp_path):
     output_dir = tmp_path / "sparse"
-    results = tse.main(
-        [
-            "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(output_dir), "--encoder", "sparse",
-            "--query_encoder", "model", "--pmi_threshold", "0", "--max_documents", "200", "--max_pairs", "64",
-            "--max_seq_length", "48", "--max_steps", "2", "--per_device_train_batch_size", "32",
-            "--mini_batch_size", "16", "--eval_baselines", "false", "--dev_dir", str(small_dev_set(tmp_path / "dev")),
-        ]
-    )  # fmt: skip
+    results = tiny_sparse_run(mlm_checkpoint, output_dir, "--query_encoder", "model")
     assert set(results) == {"ours before (splade pooling, MLM only)", "ours after (contrastive)"}
     modules = json.loads((output_dir / "modules.json").read_text())
     assert modules[1]["type"] == "sparse_pooling_spanish_moe_bert.PMISpladePooling"
@@ -511,14 +516,9 @@ def test_tiny_inference_free_run_exports_a_retriever_a_fresh_process_loads(
     mlm_checkpoint, tmp_path, train_queries_with_model
 ):
     output_dir = tmp_path / "sparse-idf"
-    results = tse.main(
-        [
-            "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(output_dir), "--encoder", "sparse",
-            "--query_encoder", "idf", "--pmi_threshold", "0", "--max_documents", "200", "--max_pairs", "64",
-            "--max_seq_length", "48", "--max_steps", "2", "--per_device_train_batch_size", "32",
-            "--mini_batch_size", "16", "--eval_baselines", "false", "--dev_dir", str(small_dev_set(tmp_path / "dev")),
-            "--train_queries_with_model", str(train_queries_with_model).lower(),
-        ]
+    results = tiny_sparse_run(
+        mlm_checkpoint, output_dir, "--query_encoder", "idf", "--train_queries_with_model",
+        str(train_queries_with_model).lower(),
     )  # fmt: skip
     assert set(results) == {"ours before (splade pooling, MLM only)", "ours after (contrastive)"}
     assert json.loads((output_dir / "modules.json").read_text())[0]["type"] == "sentence_transformers.models.Router"
