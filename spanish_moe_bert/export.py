@@ -81,6 +81,21 @@ EXPERT_LOAD_TEXTS = (
 )
 # Files the Trainer leaves in output_dir that do not belong in a model repository.
 UPLOAD_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.tmp", ".staging-*", ".staging-*/**"]
+# What one export writes and another may not (the Sentence Transformers layouts of a dense, SPLADE or inference-free
+# folder, ONNX, the plots; `document_0_MLMTransformer` is where exports before 61c2a5b copied the weights a second
+# time). An export removes those it did not write, here and, when pushing, in the Hub repository.
+LAYOUT_PATHS = (
+    "1_Pooling",
+    "1_SpladePooling",
+    "router_config.json",
+    "query_0_SparseStaticEmbedding",
+    "document_0_MLMTransformer",
+    "document_1_SpladePooling",
+    "sparse_pooling_spanish_moe_bert.py",
+    ONNX_PATH.as_posix(),
+    LOSS_CURVE_FILE,
+    EXPERT_LOAD_FILE,
+)
 
 
 class HubPushError(RuntimeError):
@@ -513,7 +528,8 @@ def export_model(
     every Auto class), with its prompts and sequence length; its card is that stage's (training table, loss curve,
     retrieval results), without the checkpoint's MLM metrics, which the stage made stale.
     `onnx` also writes the encoder as `onnx/model.onnx` (`spanish_moe_bert.onnx.write_onnx`, checked against PyTorch);
-    without it an `onnx/model.onnx` left by an earlier export is removed, since it no longer matches the weights.
+    without it an `onnx/model.onnx` left by an earlier export is removed, since it no longer matches the weights;
+    so is every other LAYOUT_PATHS entry an earlier export left and this one does not write (another pooling layout).
     Returns the folder; with `push_to_hub` also uploads it to `hub_model_id` (raises HubPushError on failure).
     """
     model_dir = Path(model_dir)
@@ -586,11 +602,9 @@ def export_model(
         )
         if onnx:
             write_onnx(model, staging / ONNX_PATH)
+        written = {path.relative_to(staging).as_posix() for path in staging.rglob("*")}
         move_into(staging, output_dir)
-    stale_onnx = output_dir / ONNX_PATH
-    if not onnx and stale_onnx.is_file():
-        logger.warning(f"removing {stale_onnx}: it holds earlier weights (export with onnx=True to renew it)")
-        stale_onnx.unlink()
+    remove_stale_layout(output_dir, written)
     logger.info(f"exported a Hub-ready model folder to {output_dir}")
 
     if push_to_hub:
@@ -610,6 +624,19 @@ def move_into(staging: Path, output_dir: Path) -> None:
         target = output_dir / source.relative_to(staging)
         target.parent.mkdir(parents=True, exist_ok=True)
         source.replace(target)
+
+
+def remove_stale_layout(output_dir: Path, written: set[str]) -> None:
+    """Remove the LAYOUT_PATHS an earlier export left in output_dir that this one did not write (`written`: the
+    paths it did, relative to output_dir), so that no module, ONNX file or plot of other weights stays beside them."""
+    for name in LAYOUT_PATHS:
+        stale = output_dir / name
+        if name in written or not (stale.is_file() or stale.is_dir()):
+            continue
+        logger.warning(f"removing {stale}: an earlier export wrote it, this one does not (it would not match)")
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        if stale.parent != output_dir and not any(stale.parent.iterdir()):
+            stale.parent.rmdir()  # onnx/ once its model.onnx is gone
 
 
 def network_errors() -> tuple[type[Exception], ...]:
@@ -634,6 +661,8 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
             folder_path=folder,
             commit_message="Upload Spanish MoE-BERT",
             ignore_patterns=UPLOAD_IGNORE_PATTERNS,
+            # what an earlier push of another layout left in the repository; files uploaded now are kept
+            delete_patterns=[pattern for name in LAYOUT_PATHS for pattern in (name, f"{name}/**")],
             token=token,
         )
     except network_errors() as error:

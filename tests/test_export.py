@@ -1,5 +1,6 @@
 """The Hub export: a complete folder, what a Hub user does with it in a fresh process, and push_to_hub offline."""
 
+import fnmatch
 import json
 import os
 import shutil
@@ -218,8 +219,40 @@ def test_push_to_hub_uploads_the_exported_folder(checkpoint, tmp_path, monkeypat
     assert calls["upload"]["repo_id"] == "me/spanish-moe-bert"
     assert Path(calls["upload"]["folder_path"]) == folder
     assert "checkpoint-*" in calls["upload"]["ignore_patterns"]
+    # an earlier push of another layout is cleaned up in the repository; the model's own files are not touched
+    deleted = calls["upload"]["delete_patterns"]
+    for stale in ("document_0_MLMTransformer/model.safetensors", "router_config.json", "onnx/model.onnx"):
+        assert any(fnmatch.fnmatch(stale, pattern) for pattern in deleted), stale
+    for kept in ("model.safetensors", "config.json", "README.md", "tokenizer.json", "modules.json"):
+        assert not any(fnmatch.fnmatch(kept, pattern) for pattern in deleted), kept
     card = ModelCard.load(folder / "README.md")
     assert card.data.model_name == "me/spanish-moe-bert" and 'model="me/spanish-moe-bert"' in card.text
+
+
+def test_re_export_removes_what_an_earlier_layout_left(checkpoint, tmp_path):
+    """A folder exported before as an inference-free retriever (with the weights copied into
+    document_0_MLMTransformer/, as exports before 61c2a5b did) and with ONNX, re-exported as sentence embeddings."""
+    folder = export.export_model(checkpoint, tmp_path / "out", eval_results=EVAL_RESULTS)
+    earlier = [
+        "router_config.json",
+        "document_0_MLMTransformer/model.safetensors",
+        "document_1_SpladePooling/model.safetensors",
+        "query_0_SparseStaticEmbedding/model.safetensors",
+        "sparse_pooling_spanish_moe_bert.py",
+        "onnx/model.onnx",
+    ]
+    for name in [*earlier, "my_notes.txt", "checkpoint-7/trainer_state.json"]:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("earlier")
+    export.export_model(checkpoint, folder, eval_results=EVAL_RESULTS)
+    for name in earlier:
+        assert not (folder / name).exists(), name
+    for name in ("document_0_MLMTransformer", "document_1_SpladePooling", "query_0_SparseStaticEmbedding", "onnx"):
+        assert not (folder / name).exists(), name
+    assert (folder / "my_notes.txt").read_text() == "earlier"  # not ours: kept
+    assert (folder / "checkpoint-7" / "trainer_state.json").is_file()
+    assert (folder / "1_Pooling" / "config.json").is_file() and (folder / "training_loss.png").is_file()
+    assert json.loads((folder / "modules.json").read_text())[1]["path"] == "1_Pooling"
 
 
 def test_push_without_network_fails_clearly_and_keeps_the_folder(exported, monkeypatch, file_hashes):
