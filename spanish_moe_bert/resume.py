@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import transformers
 from datasets import IterableDataset
+from packaging.version import Version
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
@@ -37,6 +39,9 @@ from .data import NO_TRAINING_EXAMPLE, EmptyDatasetError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+# Before 5.18 the Trainer loads a multi-process run's optimizer state to `args.device`, on CPU "cpu:0", which torch
+# cannot restore to: the resume would fail after loading the model.
+MULTI_PROCESS_CPU_RESUME_TRANSFORMERS = Version("5.18")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,6 +191,14 @@ def resume_checkpoint(training_args: TrainingArguments, stream: ResumableStream)
         raise ValueError(
             f"{checkpoint} was written by {len(stream_states)} processes; resume it with as many, "
             f"not {training_args.world_size}"
+        )
+    old_transformers = Version(transformers.__version__) < MULTI_PROCESS_CPU_RESUME_TRANSFORMERS
+    if training_args.world_size > 1 and training_args.device.type == "cpu" and old_transformers:
+        raise RuntimeError(
+            f"resuming {checkpoint} with {training_args.world_size} CPU processes needs transformers >= "
+            f"{MULTI_PROCESS_CPU_RESUME_TRANSFORMERS}, this is {transformers.__version__} (its Trainer loads the "
+            f"optimizer state to 'cpu:0'): pip install 'transformers>={MULTI_PROCESS_CPU_RESUME_TRANSFORMERS}'. "
+            "The checkpoint is left as it is."
         )
     stream.load_state_dict(stream_states[training_args.process_index])
     return checkpoint

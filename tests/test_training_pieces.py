@@ -6,6 +6,7 @@ import json
 import math
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ from spanish_moe_bert.resume import (
     is_complete,
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
+    resume_checkpoint,
 )
 from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, RouterMetrics, mlm_metrics
 
@@ -244,6 +246,44 @@ def test_stream_state_callback_records_position_only_when_saving(tokenizer, tmp_
     assert callback.state()["attributes"]["stream_states"] is None
     callback.on_step_end(None, TrainerState(), save_control())
     assert callback.state()["attributes"]["stream_states"] == [stream.state_dict()]
+
+
+def test_resume_refuses_another_process_count_and_cpu_processes_on_old_transformers(tokenizer, tmp_path, monkeypatch):
+    import spanish_moe_bert.resume
+
+    transformers = spanish_moe_bert.resume.transformers  # the module it reads the version of
+    def stream():
+        return ResumableStream(tokenize_stream(local_documents([documents_file(tmp_path)]), tokenizer, 16))
+
+    saved = stream()
+    reading = iter(saved)
+    next(reading)
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    positions = [saved.state_dict(), saved.state_dict()]  # written by two processes
+    state = {"stateful_callbacks": {"StreamStateCallback": {"attributes": {"stream_states": positions}}}}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    following = next(reading)["input_ids"]
+
+    def args(world_size, device="cpu"):
+        return SimpleNamespace(
+            output_dir=str(tmp_path),
+            resume_from_checkpoint=None,
+            world_size=world_size,
+            process_index=0,
+            device=torch.device(device),
+        )
+
+    with pytest.raises(ValueError, match="checkpoint-4 was written by 2 processes; resume it with as many, not 1"):
+        resume_checkpoint(args(1), stream())
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(RuntimeError, match=r"with 2 CPU processes needs transformers >= 5.18, this is 5.17.0"):
+        resume_checkpoint(args(2), stream())
+    assert is_complete(checkpoint)  # refused before anything was touched
+    monkeypatch.setattr(transformers, "__version__", "5.18.0")
+    resumed = stream()
+    assert resume_checkpoint(args(2), resumed) == checkpoint
+    assert next(iter(resumed))["input_ids"] == following  # moved to the saved position
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------
