@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -83,6 +84,11 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> f
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def failure(error: BaseException) -> str:
+    """How a row records a contender that failed (out of memory, a kernel this GPU lacks), so the rest still run."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -248,7 +254,7 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
         models = moe_contenders(config, device, free, tokens)
         x = torch.randn(1, tokens, config.hidden_size, device=device, dtype=torch.bfloat16)
         for backward in (False, True):
-            seconds = {}
+            seconds, errors = {}, {}
             for name, model in models.items():
                 def step(model=model):
                     xx = x.detach().requires_grad_(backward)
@@ -257,16 +263,22 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
                         out = out[0] if isinstance(out, tuple) else out
                         if backward:
                             out.float().square().mean().backward()
-                seconds[name] = median_seconds(step, device, repeats, warmup=1 if smoke else 2)
+                try:
+                    seconds[name] = median_seconds(step, device, repeats, warmup=1 if smoke else 2)
+                except (RuntimeError, NotImplementedError, ValueError) as error:  # OOM is a RuntimeError
+                    seconds[name], errors[name] = None, failure(error)
+                    print(f"{name}, {tokens} tokens: {errors[name]}", flush=True)
             dense = seconds["dense SwiGLU (same active FLOPs)"]
             for name, s in seconds.items():
-                rows.append({"tokens": tokens, "pass": "fwd+bwd" if backward else "fwd", "contender": name,
-                             "ms": round(s * 1e3, 3), "x_dense": round(s / dense, 2)})  # fmt: skip
+                row = {"tokens": tokens, "pass": "fwd+bwd" if backward else "fwd", "contender": name,
+                       "ms": s and round(s * 1e3, 3), "x_dense": s and dense and round(s / dense, 2)}  # fmt: skip
+                rows.append({**row, "error": errors[name]} if name in errors else row)
         del models
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(table(["tokens", "pass", "contender", "ms", "× dense"],
-                [[r["tokens"], r["pass"], r["contender"], r["ms"], r["x_dense"]] for r in rows]))  # fmt: skip
+                [[r["tokens"], r["pass"], r["contender"], r["ms"], r.get("error") or r["x_dense"]]
+                 for r in rows]))  # fmt: skip
     shape = (f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
              f"top-{config.num_experts_per_tok}")
     write(output_dir, "moe", device, {"dtype": "bfloat16", "shape": shape, "rows": rows})
@@ -334,19 +346,26 @@ def run_model(device: torch.device, smoke: bool, output_dir: Path, backend: str)
             flops = training_flops(counted, batch)
         for mode in ("eager", "compiled"):
             # compiled: as run_mlm.py --torch_compile does
-            runner = model if mode == "eager" else compile_regions(model, backend=backend)
-            rows.append(time_training(name, mode, model, runner, batch, autocast, device, steps, smoke, flops, peak))
+            try:
+                runner = model if mode == "eager" else compile_regions(model, backend=backend)
+                rows.append(
+                    time_training(name, mode, model, runner, batch, autocast, device, steps, smoke, flops, peak)
+                )
+            except Exception as error:  # an OOM, a compiler error: the other rows still run
+                rows.append({"model": name, "mode": mode, "error": failure(error)})
+                print(f"{name}, {mode}: {rows[-1]['error']}", flush=True)
         del model, counted
         if device.type == "cuda":
             torch.cuda.empty_cache()
     datasheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in environment(device)["device"]), None)
-    moe_eager = next(r for r in rows if r["model"] == "MoE (ours)" and r["mode"] == "eager")["tokens_per_second"]
+    moe_eager = next(r for r in rows if r["model"] == "MoE (ours)" and r["mode"] == "eager").get("tokens_per_second")
     print(f"bf16 autocast, batch {batch_size} x {seq_len}; matrix-product peak measured {peak:.0f} TFLOP/s")
     cells = [
         [r["model"], r["mode"], f"{r['active_parameters'] / 1e6:.1f}M", f"{r['tokens_per_second']:,.0f}",
-         f"{r['tokens_per_second'] / moe_eager:.2f}x", f"{r['tflops_per_second']:.0f}",
+         f"{r['tokens_per_second'] / moe_eager:.2f}x" if moe_eager else "n/a", f"{r['tflops_per_second']:.0f}",
          f"{r['tflops_per_second'] / datasheet:.1%}" if datasheet else "n/a", f"{r['mfu_vs_measured_peak']:.1%}",
          f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"]
+        if "error" not in r else [r["model"], r["mode"], r["error"], *["n/a"] * 6]
         for r in rows
     ]  # fmt: skip
     header = ["model", "mode", "active params", "tokens/s", "vs MoE eager", "TFLOP/s", "MFU (datasheet)",
@@ -460,7 +479,7 @@ def run_run_mlm(device: torch.device, smoke: bool, output_dir: Path, corpus: Pat
     return passed
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -471,27 +490,34 @@ def main() -> None:
     parser.add_argument("--compile_backend", default="inductor",
                         help="torch.compile's backend for the compiled checks and rows; the CPU smoke test uses "
                              "aot_eager (Dynamo and AOTAutograd without Inductor's C++ codegen; faster on 2 cores)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     corpus = args.corpus or next(p for p in (REPO.parent / "shared" / "data" / "es_corpus.jsonl.gz",
                                              REPO / ".gpu_carry" / "es_corpus.jsonl.gz",
                                              REPO / "data" / "es_corpus_sample.txt") if p.is_file())  # fmt: skip
     print(json.dumps(environment(device)))
-    ok = True
+    runners = {
+        "correctness": lambda: run_correctness(device, args.smoke, args.output_dir, args.compile_backend),
+        "moe": lambda: run_moe(device, args.smoke, args.output_dir),
+        "model": lambda: run_model(device, args.smoke, args.output_dir, args.compile_backend),
+        "run_mlm": lambda: run_run_mlm(device, args.smoke, args.output_dir, corpus, args.work_dir),
+    }
+    failed = []
     for part in args.parts:
         began = time.perf_counter()
         print(f"\n## {part}\n", flush=True)
-        if part == "correctness":
-            ok &= run_correctness(device, args.smoke, args.output_dir, args.compile_backend)
-        elif part == "moe":
-            run_moe(device, args.smoke, args.output_dir)
-        elif part == "model":
-            run_model(device, args.smoke, args.output_dir, args.compile_backend)
-        else:
-            ok &= run_run_mlm(device, args.smoke, args.output_dir, corpus, args.work_dir)
+        try:
+            if runners[part]() is False:  # a correctness or resume check failed
+                failed.append(part)
+        except Exception:  # a part that breaks on this machine must not cost the next ones their turn
+            failed.append(part)
+            trace = traceback.format_exc()
+            print(trace, flush=True)
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+            (args.output_dir / f"{part}_error.txt").write_text(json.dumps(environment(device)) + "\n" + trace)
         print(f"({part}: {time.perf_counter() - began:.0f} s)", flush=True)
-    if not ok:
-        raise SystemExit("gpu_suite: a correctness or resume check failed (see the tables above)")
+    if failed:
+        raise SystemExit(f"gpu_suite: {', '.join(failed)} failed (see the tables and tracebacks above)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,3 +49,68 @@ def test_gpu_suite_runs_every_part_on_the_cpu_at_toy_sizes(tmp_path):
 
     run_mlm = results["run_mlm"]
     assert run_mlm["passed"] and run_mlm["steps_compared"] and run_mlm["largest_loss_difference"] <= 1e-4
+
+
+# A lent GPU's minutes are few: whatever breaks on it is recorded, and everything else still runs and is written.
+sys.path.insert(0, str(REPO / "benchmarks"))
+import gpu_suite  # noqa: E402
+
+
+def test_a_part_that_raises_is_recorded_and_the_next_parts_still_run(tmp_path, monkeypatch):
+    ran = []
+
+    def part(name, result=None, error=None):
+        def runner(*args, **kwargs):
+            ran.append(name)
+            if error:
+                raise error
+            return result
+
+        return runner
+
+    monkeypatch.setattr(gpu_suite, "run_correctness", part("correctness", result=True))
+    monkeypatch.setattr(gpu_suite, "run_moe", part("moe", error=RuntimeError("no kernel image for this GPU")))
+    monkeypatch.setattr(gpu_suite, "run_model", part("model"))
+    monkeypatch.setattr(gpu_suite, "run_run_mlm", part("run_mlm", result=False))
+    with pytest.raises(SystemExit, match=r"gpu_suite: moe, run_mlm failed"):
+        gpu_suite.main(["--device", "cpu", "--output_dir", str(tmp_path)])
+    assert ran == ["correctness", "moe", "model", "run_mlm"]
+    trace = (tmp_path / "moe_error.txt").read_text()
+    assert "RuntimeError: no kernel image for this GPU" in trace and '"torch"' in trace
+    assert not (tmp_path / "model_error.txt").exists()
+
+
+class Broken(torch.nn.Module):
+    def forward(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_moe_contender_that_fails_gets_an_error_row(tmp_path, monkeypatch):
+    def contenders(config, device, free_bytes, tokens):
+        dense = torch.nn.Linear(config.hidden_size, 8).bfloat16()  # the suite runs its contenders in bf16
+        return {"dense SwiGLU (same active FLOPs)": dense, "broken": Broken()}
+
+    monkeypatch.setattr(gpu_suite, "moe_contenders", contenders)
+    gpu_suite.run_moe(torch.device("cpu"), smoke=True, output_dir=tmp_path)
+    rows = json.loads((tmp_path / "moe.json").read_text())["rows"]
+    broken = [r for r in rows if r["contender"] == "broken"]
+    assert len(broken) == 4 and all(r["ms"] is None and r["x_dense"] is None for r in broken)
+    assert all(r["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" for r in broken)
+    dense = [r for r in rows if r["contender"].startswith("dense")]
+    assert len(dense) == 4 and all(r["x_dense"] == 1.0 and r["ms"] > 0 and "error" not in r for r in dense)
+
+
+def test_a_model_row_that_fails_is_recorded_and_the_others_are_timed(tmp_path, monkeypatch):
+    def timing(name, mode, *args):
+        if (name, mode) == ("ModernBERT (equal active)", "compiled"):
+            raise RuntimeError("inductor: compilation failed")
+        return {"model": name, "mode": mode, "active_parameters": 1e6, "tokens_per_second": 100.0,
+                "tflops_per_second": 1.0, "mfu_vs_measured_peak": 0.5, "peak_memory_gib": None}  # fmt: skip
+
+    monkeypatch.setattr(gpu_suite, "time_training", timing)
+    gpu_suite.run_model(torch.device("cpu"), smoke=True, output_dir=tmp_path, backend="aot_eager")
+    rows = json.loads((tmp_path / "model.json").read_text())["rows"]
+    assert len(rows) == 6
+    failed = [r for r in rows if "error" in r]
+    error = "RuntimeError: inductor: compilation failed"
+    assert failed == [{"model": "ModernBERT (equal active)", "mode": "compiled", "error": error}]
