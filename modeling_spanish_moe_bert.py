@@ -356,7 +356,7 @@ def expert_path(
     """
     if forced is not None:
         return forced
-    exporting = hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()
+    exporting = _exporting()
     compiling = torch.compiler.is_compiling() and not rows_sorted
     if not rows_sorted and (exporting or (x.device.type == "cpu" and not torch.is_grad_enabled() and not compiling)):
         return "per_expert"
@@ -366,6 +366,16 @@ def expert_path(
         return "compiled_fallback"
     busiest, rows = torch.stack([tokens_per_expert.max(), tokens_per_expert.sum()]).tolist()
     return "padded_bmm" if tokens_per_expert.numel() * busiest <= MAX_PADDING_FACTOR * max(rows, 1) else "loop"
+
+
+def _exporting() -> bool:
+    """Whether `torch.export` (the ONNX exporter's too) is tracing. Reads the flag export sets: Dynamo before torch 2.13
+    (seen in 2.11) folds `torch.compiler.is_exporting()` to True under any `torch.compile`, which sent compiled models
+    down the exporting path (12 graph breaks in a tiny model's forward)."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    if isinstance(flag, bool):
+        return flag
+    return hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()
 
 
 def grouped_mm_available(device: torch.device, dtype: torch.dtype, compiling: bool = False) -> bool:
