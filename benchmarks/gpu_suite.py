@@ -431,8 +431,8 @@ def logged_losses(output_dir: Path) -> dict[int, float]:
 def run_run_mlm(device: torch.device, smoke: bool, output_dir: Path, corpus: Path, work: Path) -> bool:
     """An uninterrupted run; a second run killed (SIGKILL) after its first checkpoint and started again with the same
     command: the resumed losses must continue the uninterrupted run's curve. The first two run side by side (two
-    batch-16 runs of the 340M model should take about 20 GB each), so that their start-up (imports, tokenizing, compiling)
-    overlaps: a lent GPU's minutes are few."""
+    batch-16 runs of the 340M model should take about 20 GB each), so that their start-up (imports, tokenizing,
+    compiling) overlaps: a lent GPU's minutes are few."""
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
