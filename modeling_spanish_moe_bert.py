@@ -598,8 +598,8 @@ class SpanishMoEBertRouter(nn.Module):
         if dist.is_available() and dist.is_initialized():  # every process moves its bias by the global load
             load = load.clone()
             dist.all_reduce(load)
-        if load.sum() > 0:
-            self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+        # No load observed (all zeros) moves nothing: sign(0) = 0. No `if` on the tensor, which would wait for the GPU.
+        self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
         self.observed_load.zero_()
 
 
