@@ -115,12 +115,18 @@ class MoEMLMTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
-            self._stop_on_non_finite(loss)
             self.router_metrics.update(outputs)
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Checked after backward, where the Trainer waits for the loss anyway (its NaN filter for the logs), rather than
+        # between forward and backward, which would be a second wait for the GPU in every micro-batch.
+        self._stop_on_non_finite(loss)
+        return loss
+
     def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
-        # Raised before backward and the optimizer step, so the weights (and any later save) stay finite.
+        # Raised before the optimizer step, so the weights (and any later save) stay finite.
         # All processes agree, otherwise the ones that go on would wait forever in the next all-reduce.
         bad = (~torch.isfinite(loss.detach())).float()
         if dist.is_available() and dist.is_initialized():
