@@ -31,7 +31,8 @@ Seeds can run as separate processes (e.g. one thread each on a 2-core machine), 
 
 When only our models change (--config_overrides that leave the shapes alone), the reference need not train again:
 --reference JSON takes ModernBERT's runs, seed by seed, from an earlier run of the same settings (its wall-clock
-then comes from that run's machine, which the title names). --dropout P regularises every contender alike;
+then comes from that run's machine, which the title names); `--reference R --upcycle_at F --models` (no names) trains
+the upcycled MoE alone. --dropout P regularises every contender alike;
 --expert_weight_decay W gives the MoE experts' weights their own weight decay (the rest keeps 0.01).
 """
 
@@ -68,7 +69,7 @@ def contenders(
         "modernbert": lambda: ModernBertForMaskedLM(harness.modernbert_config(config, tokenizer, dropout)),
         "bert": lambda: BertForMaskedLM(harness.bert_config(config, tokenizer, dropout)),
     }
-    names = names or CONTENDERS
+    names = CONTENDERS if names is None else names
     models = {name: harness.Contender(build=builders[name], schedule=schedule) for name in CONTENDERS if name in names}
     if upcycle_at is not None:
         models["moe (upcycled)"] = harness.Contender(
@@ -178,7 +179,7 @@ def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
 
 
 # Settings the reference must share with a run that reuses it (our config overrides and the model list may differ).
-OURS_ONLY = ("config_overrides", "models", "expert_weight_decay")  # ModernBERT is the same without them
+OURS_ONLY = ("config_overrides", "models", "expert_weight_decay", "upcycle_at")  # ModernBERT is the same without them
 REFERENCE_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in OURS_ONLY)
 
 
@@ -250,7 +251,9 @@ def main():
     parser.add_argument("--schedule", choices=("linear", "wsd"), default="wsd", help="learning-rate schedule")
     parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
     parser.add_argument(
-        "--models", nargs="+", choices=CONTENDERS, help="train only these (default: all four; modernbert is kept)"
+        "--models", nargs="*", choices=CONTENDERS,
+        help="train only these (default: all four; modernbert is kept); none with --reference and --upcycle_at "
+        "trains the upcycled MoE alone",
     )
     parser.add_argument("--dropout", type=float,
                         help="dropout on every contender (ours: hidden_dropout; ModernBERT: attention and MLP; "
@@ -274,10 +277,10 @@ def main():
     config_path = args.model_config or harness.REPO / "configs" / config_name
     seq_len, batch_size = args.seq_len or seq_len, args.batch_size or batch_size
     steps, eval_every, seeds = args.steps or steps, args.eval_every or eval_every, args.seeds or seeds
-    models = args.models and {*args.models, "modernbert"}  # the reference of every comparison
+    models = None if args.models is None else {*args.models, "modernbert"}  # the reference of every comparison
     if args.reference:
-        models = (models or set(CONTENDERS)) - {"modernbert"}
-        if not models:
+        models = (set(CONTENDERS) if models is None else models) - {"modernbert"}
+        if not models and args.upcycle_at is None:
             parser.error("--reference replaces the modernbert runs: name the other models to train with --models")
     keep_freed_memory()
 

@@ -119,3 +119,16 @@ def test_expert_weight_decay_applies_to_the_experts_only():
     # an earlier ModernBERT run stays a valid reference when only the experts' decay changes
     assert "expert_weight_decay" in bench_quality.SAME_EXPERIMENT
     assert "expert_weight_decay" not in bench_quality.REFERENCE_SETTINGS
+
+
+def test_contenders_none_named_leaves_the_upcycled_moe_alone():
+    from configuration_spanish_moe_bert import SpanishMoEBertConfig
+
+    config = SpanishMoEBertConfig.from_json_file(str(REPO / "configs" / "tiny.json"))
+    config.vocab_size = 300
+    assert set(bench_quality.contenders(config, _Tokenizer(), 0.1, "wsd", names=set())) == {"moe (upcycled)"}
+    assert set(bench_quality.contenders(config, _Tokenizer(), None, "wsd", names={"moe"})) == {"moe"}
+    assert set(bench_quality.contenders(config, _Tokenizer(), None, "wsd")) == set(bench_quality.CONTENDERS)
+    # ModernBERT does not depend on the upcycling share: an earlier run of it stays a valid reference
+    assert "upcycle_at" in bench_quality.SAME_EXPERIMENT
+    assert "upcycle_at" not in bench_quality.REFERENCE_SETTINGS
