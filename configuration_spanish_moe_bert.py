@@ -151,8 +151,9 @@ class SpanishMoEBertConfig(PreTrainedConfig):
 
     @property
     def active_intermediate_size(self) -> int:
-        """The width of the experts a token runs together: a dense SwiGLU this wide costs the same FLOPs per token."""
-        return self.num_experts_per_tok * self.moe_intermediate_size
+        """The width of the experts a token runs together, its top-k routed experts and the shared ones: a dense
+        SwiGLU this wide costs the same FLOPs per token."""
+        return (self.num_experts_per_tok + self.num_shared_experts) * self.moe_intermediate_size
 
     def dense_twin(self) -> "SpanishMoEBertConfig":
         """This architecture with every feed-forward one SwiGLU of `active_intermediate_size`: the same FLOPs per

@@ -2,9 +2,10 @@
 
 Every comparison builds the anchors from our config so that they match it where the issue asks:
 same hidden size, layers, heads and vocabulary, and the same *active* feed-forward parameters per token.
-Our active FFN is `num_experts_per_tok` SwiGLU experts of width `moe_intermediate_size`, i.e. 3 * H * k * I
-weights; ModernBERT's GLU MLP (Wi: H -> 2I', Wo: I' -> H) matches with I' = k * I, and BERT's plain MLP
-(H -> I' -> H) with I' = 1.5 * k * I.
+Our active FFN is `num_experts_per_tok` SwiGLU experts of width `moe_intermediate_size` plus the shared experts
+(`num_shared_experts`, as wide each), i.e. 3 * H * k * I weights with k counting both (`active_intermediate_size`);
+ModernBERT's GLU MLP (Wi: H -> 2I', Wo: I' -> H) matches with I' = k * I, and BERT's plain MLP (H -> I' -> H) with
+I' = 1.5 * k * I.
 """
 
 import os

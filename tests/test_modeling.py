@@ -317,6 +317,16 @@ def test_shared_expert_adds_to_every_real_token():
     assert moe.shared_expert.down_proj.in_features == moe.experts.down_proj.shape[1]
 
 
+def test_shared_experts_count_in_the_active_width_and_the_dense_twin():
+    config = make_config(num_shared_experts=1, num_experts_per_tok=1)
+    assert config.active_intermediate_size == 2 * config.moe_intermediate_size
+    twin = SpanishMoEBertForMaskedLM(config.dense_twin())
+    moe = SpanishMoEBertForMaskedLM(config)
+    active = sum(p.numel() for n, p in moe.named_parameters() if ".experts." not in n and ".router." not in n)
+    active += sum(p[0].numel() for n, p in moe.named_parameters() if ".experts." in n)  # one routed expert
+    assert active == sum(p.numel() for p in twin.parameters())
+
+
 def test_router_jitter_only_in_training():
     config = make_config(router_jitter_noise=0.5)
     moe = SpanishMoEBertSparseMoE(config)
