@@ -20,8 +20,9 @@ def upcycle(dense: SpanishMoEBertForMaskedLM, config: SpanishMoEBertConfig) -> S
     """A `config` MoE model whose weights come from `dense`, a trained model of `config.dense_twin()`."""
     k, width = config.num_experts_per_tok, config.moe_intermediate_size
     if config.num_shared_experts:
-        shared = config.num_shared_experts
-        raise ValueError(f"upcycling into shared experts is not supported (num_shared_experts={shared})")
+        raise ValueError(
+            f"upcycling into shared experts is not supported (num_shared_experts={config.num_shared_experts})"
+        )
     if config.num_experts % k:
         raise ValueError(f"upcycling needs num_experts ({config.num_experts}) divisible by num_experts_per_tok ({k})")
     if dense.config.intermediate_size != k * width:

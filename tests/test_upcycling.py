@@ -39,6 +39,6 @@ def test_upcycling_needs_the_matching_dense_width_and_divisible_experts():
     odd = make_config(num_experts=7, num_experts_per_tok=2)
     with pytest.raises(ValueError, match="divisible"):
         upcycle(SpanishMoEBertForMaskedLM(odd.dense_twin()), odd)
+    shared = make_config(num_shared_experts=1)
     with pytest.raises(ValueError, match="shared experts is not supported"):
-        shared = make_config(num_shared_experts=1)
         upcycle(SpanishMoEBertForMaskedLM(shared.dense_twin()), shared)
