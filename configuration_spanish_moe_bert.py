@@ -48,7 +48,10 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     with `router_bias_update_rate > 0` a per-expert bias, used only to choose the top-k, moves by that rate after
     each optimizer step towards equal load (`model.update_router_biases()`, which `run_mlm.py` calls). The
     Switch-Transformer load-balancing loss (`router_aux_loss_coef`, 0 by default) can be used with it or instead;
-    `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training. `num_shared_experts` adds one
+    `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training. The routing weights (renormalised
+    to sum to 1 with `norm_topk_prob`) are multiplied by `routed_scaling_factor` (DeepSeek-V3's name): at
+    `num_experts_per_tok` each chosen expert weighs about 1, as the slices of the dense twin's SwiGLU do, where at 1
+    the routed output and its updates start `num_experts_per_tok` times smaller. `num_shared_experts` adds one
     always-active SwiGLU of `num_shared_experts * moe_intermediate_size` to every MoE layer (DeepSeekMoE).
     How the experts run is chosen per call from the device, dtype, autograd and compile state
     (`modeling_spanish_moe_bert.expert_path`); `moe_implementation` forces one of `MOE_IMPLEMENTATIONS` instead
@@ -102,6 +105,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     num_experts: int = 32
     num_experts_per_tok: int = 4
     norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0
     router_aux_loss_coef: float = 0.0  # loss-free balancing (below) won in bench_ablations.py: -1.3% held-out loss
     router_z_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0
@@ -231,6 +235,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}")
+        if not self.routed_scaling_factor > 0:
+            raise ValueError(f"`routed_scaling_factor` must be > 0, got {self.routed_scaling_factor}")
         if self.router_bias_update_rate < 0:
             raise ValueError(f"`router_bias_update_rate` must be >= 0 (0: off), got {self.router_bias_update_rate}")
         shared = self.num_shared_experts

@@ -568,6 +568,7 @@ class SpanishMoEBertRouter(nn.Module):
         super().__init__()
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
+        self.scaling_factor = config.routed_scaling_factor
         self.jitter_noise = config.router_jitter_noise
         self.bias_update_rate = config.router_bias_update_rate
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
@@ -586,6 +587,8 @@ class SpanishMoEBertRouter(nn.Module):
             top_w, top_idx = probs.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        if self.scaling_factor != 1.0:
+            top_w = top_w * self.scaling_factor
         return logits, probs, top_w, top_idx
 
     @torch.no_grad()

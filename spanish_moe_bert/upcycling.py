@@ -3,8 +3,9 @@
 The dense twin (`SpanishMoEBertConfig.dense_twin`) has one SwiGLU of width `k * I` where the MoE has `E` experts of
 width `I` with `k` active per token, so both spend the same FLOPs per token. Upcycling copies everything but the
 feed-forward, cuts the dense SwiGLU's `k * I` neurons into `k` slices of `I`, and starts expert `e` as slice
-`e mod k` with its output scaled by `k`. A token whose top-k experts hold one slice each then gets exactly the
-dense layer's output (the renormalised weights are 1/k each at a uniform router); other tokens get some slices
+`e mod k` with its output scaled by `k / routed_scaling_factor`. A token whose top-k experts hold one slice each then
+gets exactly the dense layer's output (the renormalised weights are 1/k each at a uniform router, times the routed
+scaling factor); other tokens get some slices
 twice and miss others, which training repairs. This is the granular form of Komatsuzaki et al. (2023), whose
 experts are whole copies of the dense FFN and so cost k times its compute.
 """
@@ -43,5 +44,5 @@ def upcycle(dense: SpanishMoEBertForMaskedLM, config: SpanishMoEBertConfig) -> S
         for e in range(config.num_experts):
             piece = slice((e % k) * width, (e % k + 1) * width)
             layer.mlp.experts.gate_up_proj[e] = torch.cat([gate[piece], up[piece]]).T  # (H, 2I)
-            layer.mlp.experts.down_proj[e] = k * down[:, piece].T  # (I, H)
+            layer.mlp.experts.down_proj[e] = k / config.routed_scaling_factor * down[:, piece].T  # (I, H)
     return moe

@@ -59,6 +59,7 @@ def batch(vocab_size=2000, b=3, t=16, seed=0):
         (dict(q_lora_rank=0), "q_lora_rank"),
         (dict(embedding_multiplier=0.0), "embedding_multiplier"),
         (dict(moe_implementation="fast"), "moe_implementation"),
+        (dict(routed_scaling_factor=0.0), "routed_scaling_factor"),
     ],
 )
 def test_config_rejects_impossible_values_naming_the_field(kwargs, field):
@@ -315,6 +316,16 @@ def test_shared_expert_adds_to_every_real_token():
     assert torch.allclose(y, expected, atol=1e-6)
     assert torch.all(y[0, 4:] == 0)
     assert moe.shared_expert.down_proj.in_features == moe.experts.down_proj.shape[1]
+
+
+def test_routed_scaling_factor_multiplies_the_routed_experts_not_the_shared_one():
+    moe = random_moe(num_shared_experts=1)
+    scaled = random_moe(num_shared_experts=1, routed_scaling_factor=2.5)
+    scaled.load_state_dict(moe.state_dict())
+    x = torch.randn(1, 6, moe.router.weight.shape[1])
+    shared = moe.shared_expert(x)
+    assert torch.allclose(scaled(x)[0] - shared, 2.5 * (moe(x)[0] - shared), atol=1e-6)
+    assert torch.allclose(scaled.router(x[0])[2].sum(-1), torch.full((6,), 2.5))  # renormalised, then scaled
 
 
 def test_shared_experts_count_in_the_active_width_and_the_dense_twin():

@@ -10,8 +10,10 @@ from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
 from spanish_moe_bert.upcycling import upcycle
 
 
-def test_upcycled_model_reproduces_the_dense_model_when_tokens_take_one_expert_per_slice():
-    config = make_config(router_bias_update_rate=1e-6)  # only to route by the bias below
+@pytest.mark.parametrize("routed_scaling_factor", [1.0, 2.0])
+def test_upcycled_model_reproduces_the_dense_model_when_tokens_take_one_expert_per_slice(routed_scaling_factor):
+    # a bias rate only to route by the bias below
+    config = make_config(router_bias_update_rate=1e-6, routed_scaling_factor=routed_scaling_factor)
     torch.manual_seed(0)
     dense = SpanishMoEBertForMaskedLM(config.dense_twin()).eval()
     for p in dense.parameters():
