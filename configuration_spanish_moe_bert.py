@@ -49,9 +49,9 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     each optimizer step towards equal load (`model.update_router_biases()`, which `run_mlm.py` calls). The
     Switch-Transformer load-balancing loss (`router_aux_loss_coef`, 0 by default) can be used with it or instead;
     `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training. The routing weights (renormalised
-    to sum to 1 with `norm_topk_prob`) are multiplied by `routed_scaling_factor` (DeepSeek-V3's name; 1.0, a mean of
-    the chosen experts, won against 2.0 and tied 0.5 in `bench_quality.py`). `num_shared_experts` adds one
-    always-active SwiGLU of `num_shared_experts * moe_intermediate_size` to every MoE layer (DeepSeekMoE).
+    to sum to 1 with `norm_topk_prob`) are multiplied by `routed_scaling_factor` (DeepSeek-V3's name; at 1.0, a mean
+    of the chosen experts, `bench_quality.py` did better than at 2.0 and as well as at 0.5). `num_shared_experts` adds
+    one always-active SwiGLU of `num_shared_experts * moe_intermediate_size` to every MoE layer (DeepSeekMoE).
     How the experts run is chosen per call from the device, dtype, autograd and compile state
     (`modeling_spanish_moe_bert.expert_path`); `moe_implementation` forces one of `MOE_IMPLEMENTATIONS` instead
     (benchmarks, debugging).
