@@ -5,9 +5,8 @@ width `I` with `k` active per token, so both spend the same FLOPs per token. Upc
 feed-forward, cuts the dense SwiGLU's `k * I` neurons into `k` slices of `I`, and starts expert `e` as slice
 `e mod k` with its output scaled by `k / routed_scaling_factor`. A token whose top-k experts hold one slice each then
 gets exactly the dense layer's output (the renormalised weights are 1/k each at a uniform router, times the routed
-scaling factor); other tokens get some slices
-twice and miss others, which training repairs. This is the granular form of Komatsuzaki et al. (2023), whose
-experts are whole copies of the dense FFN and so cost k times its compute.
+scaling factor); other tokens get some slices twice and miss others, which training repairs. This is the granular
+form of Komatsuzaki et al. (2023), whose experts are whole copies of the dense FFN and so cost k times its compute.
 """
 
 import torch
