@@ -4,6 +4,10 @@ This file is copied into every exported checkpoint and loaded there as remote co
 installed libraries.
 """
 
+import dataclasses
+import re
+import typing
+
 from transformers import PreTrainedConfig
 
 ATTENTION_TYPES = ("mha", "gqa", "mla")
@@ -131,8 +135,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         if self.attention_pattern is None:
             self.attention_pattern = ["mha", "gqa", "gqa", "mla"]
         if self.attention_types is None:
-            pattern = self.attention_pattern
-            self.attention_types = [pattern[i % len(pattern)] for i in range(self.num_hidden_layers)]
+            self.attention_types = self.pattern_layers()
         if self.mlp_layer_types is None:
             self.mlp_layer_types = ["sparse"] * self.num_hidden_layers
         self.attention_pattern = list(self.attention_pattern)
@@ -142,6 +145,35 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(AUTO_MAP)
+
+    def pattern_layers(self) -> list[str]:
+        """`attention_pattern` repeated over the layers: the `attention_types` it stands for."""
+        return [self.attention_pattern[i % len(self.attention_pattern)] for i in range(self.num_hidden_layers)]
+
+    def update_from_string(self, update_str: str):
+        """Set fields from `"key=value,key=value"` (`run_mlm.py --config_overrides`), as transformers' method does,
+        and also the fields it cannot set: lists in brackets (`"mlp_layer_types=[dense,sparse,sparse,sparse]"`) and
+        the fields that may be None (`"moe_implementation=grouped_mm"`, `"q_lora_rank=none"`). The per-layer lists
+        that follow `attention_pattern` (or are all sparse) follow a new `num_hidden_layers` or pattern too; lists
+        given in the string, or custom ones, are kept as they are. Raises `ValueError` naming a value it cannot read.
+        """
+        follows_pattern = self.attention_types == self.pattern_layers()
+        all_sparse = self.mlp_layer_types == ["sparse"] * self.num_hidden_layers
+        fields = {field.name: field.type for field in dataclasses.fields(self)}
+        given = set()
+        for item in re.split(r",(?![^\[]*\])", update_str):  # commas inside brackets belong to a list
+            key, equals, value = item.partition("=")
+            if not equals:
+                raise ValueError(f"config override {item!r} is not key=value")
+            if key in fields:
+                setattr(self, key, _parse_field(key, value, fields[key]))
+            else:
+                super().update_from_string(item)
+            given.add(key)
+        if follows_pattern and "attention_types" not in given:
+            self.attention_types = self.pattern_layers()
+        if all_sparse and "mlp_layer_types" not in given:
+            self.mlp_layer_types = ["sparse"] * self.num_hidden_layers
 
     @property
     def embedding_scale(self) -> float:
@@ -256,6 +288,27 @@ class SpanishMoEBertConfig(PreTrainedConfig):
             raise ValueError(
                 f"`embedding_multiplier` must be None (sqrt(hidden_size)) or > 0, got {self.embedding_multiplier}"
             )
+
+
+def _parse_field(name: str, text: str, annotation) -> object:
+    """The value of field `name` (annotated `int`, `float | None`, `list[str] | None`, ...) written as `text`."""
+    kinds = typing.get_args(annotation) if typing.get_origin(annotation) is not list else (annotation,)
+    kinds = kinds or (annotation,)
+    if type(None) in kinds and text.lower() in ("none", "null"):
+        return None
+    kind = next(kind for kind in kinds if kind is not type(None))
+    if typing.get_origin(kind) is list:
+        if not (text.startswith("[") and text.endswith("]")):
+            raise ValueError(f"`{name}` takes a list in brackets, e.g. {name}=[a,b], got {text!r}")
+        return [entry.strip() for entry in text[1:-1].split(",") if entry.strip()]
+    if kind is bool:  # the words transformers' method reads
+        if text.lower() not in ("true", "1", "y", "yes", "false", "0", "n", "no"):
+            raise ValueError(f"`{name}` takes true or false, got {text!r}")
+        return text.lower() in ("true", "1", "y", "yes")
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` takes a value of type {kind.__name__}, got {text!r}") from None
 
 
 __all__ = ["SpanishMoEBertConfig"]

@@ -67,7 +67,10 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Override fields of --model_config, e.g. 'num_hidden_layers=4,num_experts=8'."},
+        metadata={
+            "help": "Override fields of --model_config, e.g. 'num_hidden_layers=4,num_experts=8' or "
+            "'mlp_layer_types=[dense,sparse,sparse,sparse],intermediate_size=256'."
+        },
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Continue pre-training a saved model (a folder or Hub id) instead."}

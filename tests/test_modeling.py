@@ -77,6 +77,42 @@ def test_config_expands_pattern_and_round_trips(tmp_path):
     assert again.to_diff_dict() == config.to_diff_dict()
 
 
+def test_config_overrides_follow_the_layer_count_and_set_every_kind_of_field():
+    # run_mlm.py --config_overrides: the per-layer lists derived from the pattern follow a new layer count (they kept
+    # the old count, and the model could not be built, before), and lists and None-able fields can be set too.
+    config = make_config(num_hidden_layers=6, attention_pattern=["gqa", "mla"])
+    config.update_from_string("num_hidden_layers=3,num_experts=4")
+    assert config.attention_types == ["gqa", "mla", "gqa"] and config.mlp_layer_types == ["sparse"] * 3
+    assert config.num_experts == 4
+    config.validate_architecture()
+    config.update_from_string(
+        "mlp_layer_types=[dense, sparse,sparse],intermediate_size=64,moe_implementation=grouped_mm,q_lora_rank=16,"
+        "output_norm_type=none,sparse_prediction=false,rope_theta=5e4,attention_pattern=[mla]"
+    )  # fmt: skip
+    assert config.mlp_layer_types == ["dense", "sparse", "sparse"] and config.intermediate_size == 64
+    assert (config.moe_implementation, config.q_lora_rank, config.output_norm_type) == ("grouped_mm", 16, None)
+    assert config.sparse_prediction is False and config.rope_theta == 50000.0
+    assert config.attention_types == ["mla"] * 3  # it followed the pattern, so it follows the new one
+    config.update_from_string("num_hidden_layers=2")  # a custom MLP list is not guessed at: the check names it
+    with pytest.raises(ValueError, match="`mlp_layer_types` has 3 entries"):
+        config.validate_architecture()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mlp_layer_types=dense", "`mlp_layer_types` takes a list in brackets"),
+        ("num_experts=eight", "`num_experts` takes a value of type int, got 'eight'"),
+        ("sparse_prediction=maybe", "`sparse_prediction` takes true or false"),
+        ("num_experts", "'num_experts' is not key=value"),
+        ("no_such_field=1", "no_such_field"),
+    ],
+)
+def test_config_overrides_name_what_they_cannot_read(override, message):
+    with pytest.raises(ValueError, match=message):
+        make_config().update_from_string(override)
+
+
 def test_default_config_is_the_published_architecture():
     config = SpanishMoEBertConfig()
     assert (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (
