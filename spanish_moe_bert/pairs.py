@@ -255,11 +255,12 @@ def read_labelled_pairs(path: str | Path) -> list[dict]:
 # Hard negatives
 
 
-def bm25_tokenize(texts: list[str]):
-    """Lower-cased words without Spanish stop words: the BM25 tokenization used for mining and the baseline."""
+def bm25_tokenize(texts: list[str], lower: bool = True, stopwords: str | None = "es"):
+    """Lower-cased words without Spanish stop words: the BM25 tokenization used for mining and the baseline (the
+    options undo either choice, for bench_tokenizer)."""
     import bm25s
 
-    return bm25s.tokenize(texts, stopwords="es", show_progress=False)
+    return bm25s.tokenize(texts, lower=lower, stopwords=stopwords, show_progress=False)
 
 
 def mine_bm25_negatives(pairs: list[dict], top_k: int = 10, skip_top: int = 0, seed: int = 0) -> list[dict]:

@@ -134,17 +134,21 @@ def spearman(predicted: Sequence[float], gold: Sequence[float]) -> float:
 # Systems: anything that ranks passages for queries and (optionally) scores sentence pairs
 
 
+@dataclass
 class BM25System:
-    """Okapi BM25 (``bm25s``) over lower-cased words without Spanish stop words; no STS score."""
+    """Okapi BM25 (``bm25s``) over lower-cased words without Spanish stop words (``bm25_tokenize``); no STS score."""
 
+    lower: bool = True
+    stopwords: str | None = "es"
     name = "BM25 (bm25s)"
 
     def rank(self, queries: list[str], passages: list[str], k: int = K) -> list[list[int]]:
         import bm25s
 
         retriever = bm25s.BM25()
-        retriever.index(bm25_tokenize(passages), show_progress=False)
-        ranked, _ = retriever.retrieve(bm25_tokenize(queries), k=min(k, len(passages)), show_progress=False)
+        retriever.index(bm25_tokenize(passages, self.lower, self.stopwords), show_progress=False)
+        queries = bm25_tokenize(queries, self.lower, self.stopwords)
+        ranked, _ = retriever.retrieve(queries, k=min(k, len(passages)), show_progress=False)
         return ranked.tolist()
 
     similarity = None
