@@ -3,14 +3,15 @@
 Writes a `.jsonl.gz` corpus: the shared corpus as it is, plus the Spanish documentation of Debian packages that
 the shared corpus does not draw on (the Debian Administrator's Handbook, the installation guide, the Securing
 Debian manual, the help of GNOME and of ~50 GNOME applications, ~70 KDE applications' handbooks, the Eyes17 manual,
-the Ubuntu packaging guide, fortunes-es), cleaned with the shared
-corpus's own builder (`../shared/data/build_corpus.py`: its paragraph filters, Spanish test and NFC cleaning).
-Paragraphs already in the shared corpus are dropped, and so is every new document that the benchmark harness
-would hold out (`corpus.is_held_out`, 5%), so the held-out set stays the shared corpus's own and losses stay
-comparable side by side. Not committed (mixed licenses, each document carries its own); rebuild with:
+the Ubuntu packaging guide, fortunes-es), cleaned with the shared corpus's own builder
+(`../shared/data/build_corpus.py`: its paragraph filters, Spanish test and NFC cleaning). Paragraphs already in the
+shared corpus are dropped, and so are paragraphs with more English than Spanish function words and every new document
+that the benchmark harness would hold out (`corpus.is_held_out`, 5%), so the held-out set stays the shared corpus's
+own and losses stay comparable side by side. Not committed (mixed licenses, each document carries its own); rebuild
+with:
 
     python3 -m venv /tmp/bs4 && /tmp/bs4/bin/pip install beautifulsoup4 lxml
-    /tmp/bs4/bin/python benchmarks/build_more_text.py --work /tmp/esx --output outputs/more_text.jsonl.gz
+    /tmp/bs4/bin/python benchmarks/build_more_text.py --work /tmp/esx --output outputs/more_text/more_text.jsonl.gz
 
 Needs Debian 12's apt (`apt-get download`, `dpkg-deb`) and the shared corpus beside the checkout.
 """
@@ -30,6 +31,11 @@ SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 from spanish_moe_bert.corpus import is_held_out  # noqa: E402
 
+if not (SHARED / "build_corpus.py").is_file() or not (SHARED / "es_corpus.jsonl.gz").is_file():
+    sys.exit(
+        f"build_more_text.py needs the shared corpus and its builder beside the checkout: {SHARED}/"
+        "es_corpus.jsonl.gz and build_corpus.py"
+    )
 spec = importlib.util.spec_from_file_location("build_corpus", SHARED / "build_corpus.py")
 build_corpus = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build_corpus)
@@ -153,8 +159,9 @@ def main() -> None:
         shared = [json.loads(line) for line in f]
     seen = {p.lower() for record in shared for p in record["text"].split("\n")}
     added, stats = [], {}
-    for pkg, (license, pattern, kind) in PACKAGES.items():
-        count = stats.setdefault(pkg, {"license": license, "documents": 0, "characters": 0, "held_out_dropped": 0})
+    for pkg, (package_license, pattern, kind) in PACKAGES.items():
+        count = {"license": package_license, "documents": 0, "characters": 0, "held_out_dropped": 0}
+        stats[pkg] = count
         for paras in documents(pkg, pattern, kind, args.work):
             fresh = [p for p in paras if p.lower() not in seen and is_spanish_paragraph(p)]
             seen.update(p.lower() for p in fresh)
@@ -164,7 +171,7 @@ def main() -> None:
             if is_held_out(text, args.held_out_fraction):
                 count["held_out_dropped"] += 1
                 continue
-            added.append({"text": text, "source": pkg, "license": license})
+            added.append({"text": text, "source": pkg, "license": package_license})
             count["documents"] += 1
             count["characters"] += len(text)
         print(pkg, count, flush=True)
