@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
-from spanish_moe_bert.corpus import is_held_out  # noqa: E402
+from spanish_moe_bert.corpus import is_held_out, iter_jsonl_records  # noqa: E402
 
 if not (SHARED / "build_corpus.py").is_file() or not (SHARED / "es_corpus.jsonl.gz").is_file():
     sys.exit(
@@ -155,8 +155,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="the .jsonl.gz to write")
     parser.add_argument("--held_out_fraction", type=float, default=0.05, help="the harness's (bench_quality.py)")
     args = parser.parse_args()
-    with gzip.open(SHARED / "es_corpus.jsonl.gz", "rt", encoding="utf-8") as f:
-        shared = [json.loads(line) for line in f]
+    shared = [record for _, record in iter_jsonl_records(SHARED / "es_corpus.jsonl.gz")]
     seen = {p.lower() for record in shared for p in record["text"].split("\n")}
     added, stats = [], {}
     for pkg, (package_license, pattern, kind) in PACKAGES.items():
