@@ -206,8 +206,14 @@ def reference_runs(
     return runs, machines if isinstance(machines, list) else [machines]
 
 
+def output_files(output: Path) -> tuple[Path, Path]:
+    """NAME.json and NAME.png for `--output NAME`; dots in NAME stay (lr_1.5e-3), a trailing .json is dropped."""
+    name = output.name.removesuffix(".json")
+    return output.with_name(f"{name}.json"), output.with_name(f"{name}.png")
+
+
 def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: Path) -> None:
-    """Summary table on stdout, curves as .png and everything as .json at `output` (a path without extension)."""
+    """Summary table on stdout, curves as .png and everything as .json at `output` (see `output_files`)."""
     seeds = list(runs)
     steps, batch_size, seq_len = settings["steps"], settings["batch_size"], settings["seq_len"]
     shapes = settings["model_config"] + (f" + {settings['config_overrides']}" if settings["config_overrides"] else "")
@@ -224,16 +230,17 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
     summary = summarize(runs)
     print(f"\n{title}\n")
     print_table(summary, len(seeds))
+    json_file, png_file = output_files(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    plot(runs, title, output.with_suffix(".png"))
+    plot(runs, title, png_file)
     payload = {
         "benchmark": "bench_quality", **{key: settings.get(key) for key in ("quick", *SAME_EXPERIMENT)},
         "tokens_per_model": steps * batch_size * seq_len, "seeds": seeds,
         "machine": machines[0] if len(machines) == 1 else machines,
         "summary": summary, "runs": {str(seed): run for seed, run in runs.items()},
     } | ({"modernbert_from": settings["modernbert_from"]} if settings.get("modernbert_from") else {})  # fmt: skip
-    output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
+    json_file.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {json_file} and {png_file}")
 
 
 def main():
@@ -262,7 +269,7 @@ def main():
                         help="AdamW weight decay of the MoE experts' weights (default: the 0.01 of all the others)")
     parser.add_argument("--upcycle_at", type=float, help="also train an upcycled MoE (dense for this share of steps)")
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
-    parser.add_argument("--output", help="path without extension (default benchmarks/results/bench_quality[_quick])")
+    parser.add_argument("--output", help="writes OUTPUT.json and OUTPUT.png (default: results/bench_quality[_quick])")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                         help="combine earlier runs of one experiment at different seeds; trains nothing")
     parser.add_argument("--reference", type=Path, metavar="JSON",

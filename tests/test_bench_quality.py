@@ -48,12 +48,19 @@ def test_combining_two_single_seed_files_gives_the_two_seed_summary(tmp_path):
     assert summary["moe"]["spread_equal_tokens"] == pytest.approx(2.0)
     assert summary["moe"]["vs_reference_equal_tokens"] == pytest.approx(0.0)
 
-    output = tmp_path / "combined"
+    output = tmp_path / "combined_lr_1.5e-3"
     bench_quality.write(settings, runs, machines, output)
-    written = json.loads(output.with_suffix(".json").read_text())
+    written = json.loads((tmp_path / "combined_lr_1.5e-3.json").read_text())
     assert written["seeds"] == [0, 1] and set(written["runs"]) == {"0", "1"}
     assert written["summary"]["moe"]["loss_equal_tokens"] == pytest.approx(4.0)
-    assert output.with_suffix(".png").stat().st_size > 0
+    assert (tmp_path / "combined_lr_1.5e-3.png").stat().st_size > 0
+
+
+def test_output_names_keep_their_dots():
+    # `Path.with_suffix` made lr_1.5e-3_seed0 and lr_1.5e-3_seed1 both lr_1.json: two seeds wrote one file.
+    for name in ("runs/lr_1.5e-3_seed0", "runs/lr_1.5e-3_seed0.json"):
+        assert bench_quality.output_files(Path(name)) == (
+            Path("runs/lr_1.5e-3_seed0.json"), Path("runs/lr_1.5e-3_seed0.png"))  # fmt: skip
 
 
 def test_combine_refuses_other_settings_and_repeated_seeds(tmp_path):
