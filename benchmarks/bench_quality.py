@@ -32,8 +32,10 @@ Seeds can run as separate processes (e.g. one thread each on a 2-core machine), 
 When only our models change (--config_overrides that leave the shapes alone), the reference need not train again:
 --reference JSON takes ModernBERT's runs, seed by seed, from an earlier run of the same settings (its wall-clock
 then comes from that run's machine, which the title names); `--reference R --upcycle_at F --models` (no names) trains
-the upcycled MoE alone. --dropout P regularises every contender alike;
---expert_weight_decay W gives the MoE experts' weights their own weight decay (the rest keeps 0.01).
+the upcycled MoE alone. --model_lr NAME=LR trains one model at its own peak learning rate instead of --lr, so that
+each trains at its tuned rate (`--lr 2e-3 --models bert --model_lr bert=5e-4 --reference <a run at 2e-3>`).
+--dropout P regularises every contender alike; --expert_weight_decay W gives the MoE experts' weights their own
+weight decay (the rest keeps 0.01).
 """
 
 import argparse
@@ -60,9 +62,16 @@ MODES = {  # config, seq_len, batch, steps, eval_every, seeds
 
 
 def contenders(
-    config, tokenizer, upcycle_at: float | None, schedule: str, names: set[str] | None = None, dropout: float = 0.0
+    config,
+    tokenizer,
+    upcycle_at: float | None,
+    schedule: str,
+    names: set[str] | None = None,
+    dropout: float = 0.0,
+    model_lr: dict[str, float] | None = None,
 ) -> dict:
-    """The models to train side by side. `dropout` is the anchors' (ours take theirs from `config.hidden_dropout`)."""
+    """The models to train side by side. `dropout` is the anchors' (ours take theirs from `config.hidden_dropout`);
+    `model_lr` gives a model its own peak learning rate (the others train at the run's)."""
     builders = {
         "moe": lambda: SpanishMoEBertForMaskedLM(config),
         "dense twin": lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
@@ -70,7 +79,12 @@ def contenders(
         "bert": lambda: BertForMaskedLM(harness.bert_config(config, tokenizer, dropout)),
     }
     names = CONTENDERS if names is None else names
-    models = {name: harness.Contender(build=builders[name], schedule=schedule) for name in CONTENDERS if name in names}
+    model_lr = model_lr or {}
+    models = {
+        name: harness.Contender(build=builders[name], schedule=schedule, lr=model_lr.get(name))
+        for name in CONTENDERS
+        if name in names
+    }
     if upcycle_at is not None:
         models["moe (upcycled)"] = harness.Contender(
             build=lambda: SpanishMoEBertForMaskedLM(config.dense_twin()),
@@ -154,7 +168,7 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
 # without them.
 SAME_EXPERIMENT = ("model_config", "config_overrides", "models", "corpus", "seq_len", "batch_size", "steps",
                    "distinct_training_batches", "eval_masked_batches", "lr", "upcycle_at", "mask_probability",
-                   "schedule", "optimizer", "dropout", "expert_weight_decay")  # fmt: skip
+                   "schedule", "optimizer", "dropout", "expert_weight_decay", "model_lr")  # fmt: skip
 
 
 def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
@@ -178,9 +192,15 @@ def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
     return first, runs, machines
 
 
-# Settings the reference must share with a run that reuses it (our config overrides and the model list may differ).
+# Settings the reference must share with a run that reuses it (our config overrides and the model list may differ;
+# of the learning rates only ModernBERT's own must be the same, see `modernbert_lr`).
 OURS_ONLY = ("config_overrides", "models", "expert_weight_decay", "upcycle_at")  # ModernBERT is the same without them
-REFERENCE_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in OURS_ONLY)
+REFERENCE_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in (*OURS_ONLY, "lr", "model_lr"))
+
+
+def modernbert_lr(settings: dict) -> float:
+    """The peak learning rate ModernBERT trained at: its own `model_lr` entry, else the run's `lr`."""
+    return (settings.get("model_lr") or {}).get("modernbert", settings["lr"])
 
 
 def reference_runs(
@@ -193,6 +213,10 @@ def reference_runs(
         if payload.get(key) != settings.get(key):
             raise ValueError(f"{path}: {key} is {payload.get(key)!r}, but this run has {settings.get(key)!r}: "
                              "the reference must come from a run of the same settings")  # fmt: skip
+    if modernbert_lr(payload) != modernbert_lr(settings):
+        raise ValueError(f"{path}: its modernbert trained at lr {modernbert_lr(payload):g}, this run's would at "
+                         f"{modernbert_lr(settings):g}: the reference must come from a run of the same "
+                         "settings")  # fmt: skip
     runs = {}
     for seed in seeds:
         run = payload["runs"].get(str(seed), {}).get("modernbert")
@@ -218,6 +242,8 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
     steps, batch_size, seq_len = settings["steps"], settings["batch_size"], settings["seq_len"]
     shapes = settings["model_config"] + (f" + {settings['config_overrides']}" if settings["config_overrides"] else "")
     recipe = f"masking {settings['mask_probability']:.0%}, {settings['schedule']} schedule, lr {settings['lr']:g}"
+    if settings.get("model_lr"):
+        recipe += " (" + ", ".join(f"{name} {lr:g}" for name, lr in settings["model_lr"].items()) + ")"
     if settings.get("dropout"):
         recipe += f", dropout {settings['dropout']:g}"
     if settings.get("expert_weight_decay") is not None:
@@ -243,6 +269,17 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
     print(f"\nwrote {json_file} and {png_file}")
 
 
+def model_lr_arg(value: str) -> tuple[str, float]:
+    """`bert=5e-4` -> ("bert", 0.0005), for --model_lr."""
+    name, _, lr = value.partition("=")
+    if name not in CONTENDERS or not lr:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAME=LR with NAME one of {', '.join(CONTENDERS)}")
+    try:
+        return name, float(lr)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: {lr!r} is not a number") from None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny config, 40 steps of 16 x 64 tokens, one seed")
@@ -254,7 +291,10 @@ def main():
     parser.add_argument("--eval_every", type=int)
     parser.add_argument("--eval_batches", type=int, default=16, help="held-out batches per evaluation")
     parser.add_argument("--seeds", type=int, nargs="+")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of every model")
+    parser.add_argument("--model_lr", nargs="+", default=[], metavar="NAME=LR", type=model_lr_arg,
+                        help="a model's own peak learning rate instead of --lr, e.g. bert=5e-4 (each at its tuned "
+                        "rate; the name as in --models, 'dense twin' quoted)")  # fmt: skip
     parser.add_argument("--schedule", choices=("linear", "wsd"), default="wsd", help="learning-rate schedule")
     parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
     parser.add_argument(
@@ -289,6 +329,10 @@ def main():
         models = (set(CONTENDERS) if models is None else models) - {"modernbert"}
         if not models and args.upcycle_at is None:
             parser.error("--reference replaces the modernbert runs: name the other models to train with --models")
+    model_lr = dict(args.model_lr) or None
+    untrained = set(model_lr or ()) - (set(CONTENDERS) if models is None else models | {"modernbert"})
+    if untrained:
+        parser.error(f"--model_lr names {sorted(untrained)}, which --models does not train")
     keep_freed_memory()
 
     corpus = args.corpus or harness.default_corpus(args.quick)
@@ -313,7 +357,7 @@ def main():
         "schedule": args.schedule,
         "optimizer": "AdamW(fused, betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, "
                      "clip 1.0",
-        "dropout": args.dropout, "expert_weight_decay": args.expert_weight_decay,
+        "dropout": args.dropout, "expert_weight_decay": args.expert_weight_decay, "model_lr": model_lr,
         "modernbert_from": args.reference and args.reference.name,
     }  # fmt: skip
     machines = [harness.machine()]
@@ -325,7 +369,8 @@ def main():
     for seed in seeds:
         batches, eval_batches = data[seed]
         runs[seed] = harness.train_side_by_side(
-            contenders(config, tokenizer, args.upcycle_at, args.schedule, models, args.dropout or 0.0), batches,
+            contenders(config, tokenizer, args.upcycle_at, args.schedule, models, args.dropout or 0.0, model_lr),
+            batches,
             eval_batches[: args.eval_batches], steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
             expert_weight_decay=args.expert_weight_decay,
         )  # fmt: skip

@@ -301,6 +301,7 @@ def train_side_by_side(
                 f"acc {point['eval_accuracy']:.3f}  {run['seconds']:.0f}s")  # fmt: skip
     return {
         name: {
+            "lr": run["lr"],
             "total_parameters": sum(p.numel() for p in run["model"].parameters()),
             "active_parameters": active_parameters(run["model"]),
             "train_seconds": run["seconds"],

@@ -1,5 +1,6 @@
 """bench_quality --combine: seeds run as separate processes become one table, and only runs of one experiment do."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -139,3 +140,27 @@ def test_contenders_none_named_leaves_the_upcycled_moe_alone():
     # ModernBERT does not depend on the upcycling share: an earlier run of it stays a valid reference
     assert "upcycle_at" in bench_quality.SAME_EXPERIMENT
     assert "upcycle_at" not in bench_quality.REFERENCE_SETTINGS
+
+
+def test_model_lr_gives_one_model_its_own_rate_and_the_reference_checks_modernberts(tmp_path):
+    from configuration_spanish_moe_bert import SpanishMoEBertConfig
+
+    config = SpanishMoEBertConfig.from_json_file(str(REPO / "configs" / "tiny.json"))
+    config.vocab_size = 300
+    built = bench_quality.contenders(config, _Tokenizer(), None, "wsd", model_lr={"bert": 5e-4})
+    assert built["bert"].lr == 5e-4 and built["moe"].lr is None and built["modernbert"].lr is None
+    assert bench_quality.model_lr_arg("dense twin=2e-3") == ("dense twin", 2e-3)
+    for bad in ("bert", "gpt=1e-3", "bert=fast"):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            bench_quality.model_lr_arg(bad)
+
+    # BERT at its own rate may reuse the ModernBERT runs of a run at 2e-3; a ModernBERT at another rate may not
+    earlier = results_file(tmp_path, 0, {"moe": 3.0, "modernbert": 4.0}, lr=2e-3)
+    settings = json.loads(earlier.read_text()) | {"models": ["bert"], "model_lr": {"bert": 5e-4}}
+    runs, _ = bench_quality.reference_runs(earlier, settings, [0], modernbert_parameters=10)
+    assert runs[0]["final"]["eval_loss"] == 4.0
+    with pytest.raises(ValueError, match=r"its modernbert trained at lr 0\.002, this run's would at 0\.001"):
+        bench_quality.reference_runs(earlier, settings | {"lr": 1e-3}, [0], modernbert_parameters=10)
+    with pytest.raises(ValueError, match=r"its modernbert trained at lr 0\.002, this run's would at 0\.0005"):
+        other_rate = settings | {"model_lr": {"modernbert": 5e-4}}
+        bench_quality.reference_runs(earlier, other_rate, [0], modernbert_parameters=10)
