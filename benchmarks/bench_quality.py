@@ -29,6 +29,11 @@ Seeds can run as separate processes (e.g. one thread each on a 2-core machine), 
     OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --seeds 0 --output /tmp/seed0 &   # and --seeds 1 ...
     python benchmarks/bench_quality.py --combine /tmp/seed0.json /tmp/seed1.json --output benchmarks/results/NAME
 
+Models trained in different runs of the same data and budget, e.g. each at its own tuned learning rate, make one
+table and one figure with --gather (over the seeds every file has; trains nothing):
+
+    python benchmarks/bench_quality.py --gather results/A.json results/B.json --output benchmarks/results/NAME
+
 When only our models change (--config_overrides that leave the shapes alone), the reference need not train again:
 --reference JSON takes ModernBERT's runs, seed by seed, from an earlier run of the same settings (its wall-clock
 then comes from that run's machine, which the title names); `--reference R --upcycle_at F --models` (no names) trains
@@ -164,8 +169,8 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
 
 
 # Settings that make runs of different seeds one experiment (everything but the seeds and the machine).
-# "dropout" and "expert_weight_decay" are absent (None) from the files written before those options, which trained
-# without them.
+# "dropout", "expert_weight_decay" and "model_lr" are absent (None) from the files written before those options,
+# which trained without them.
 SAME_EXPERIMENT = ("model_config", "config_overrides", "models", "corpus", "seq_len", "batch_size", "steps",
                    "distinct_training_batches", "eval_masked_batches", "lr", "upcycle_at", "mask_probability",
                    "schedule", "optimizer", "dropout", "expert_weight_decay", "model_lr")  # fmt: skip
@@ -190,6 +195,37 @@ def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
             runs[int(seed)] = run
         machines += payload["machine"] if isinstance(payload["machine"], list) else [payload["machine"]]
     return first, runs, machines
+
+
+# Settings that models gathered from several runs must share: the data, budget and recipe, not the learning rate.
+GATHER_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in ("models", "lr", "model_lr"))
+
+
+def gather(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
+    """Models trained in different runs of the same data, budget and recipe, each maybe at its own learning rate
+    (bench_quality JSON files) -> one table: (settings of the first with every model's rate, runs by seed, the
+    machines), over the seeds all files have. A model in several files (a `--reference` copy of ModernBERT) is taken
+    from the first; refuses files of other settings and a model whose copies differ."""
+    payloads = [(path, json.loads(Path(path).read_text())) for path in paths]
+    first_path, first = payloads[0]
+    seeds = sorted(set.intersection(*(set(payload["runs"]) for _, payload in payloads)), key=int)
+    if not seeds:
+        raise ValueError(f"{', '.join(map(str, paths))}: no seed is in every file")
+    runs, model_lr, machines = {int(seed): {} for seed in seeds}, {}, []
+    for path, payload in payloads:
+        for key in GATHER_SETTINGS:
+            if payload.get(key) != first.get(key):
+                raise ValueError(f"{path}: {key} is {payload.get(key)!r}, but {first_path} has {first.get(key)!r}: "
+                                 "only runs of the same data, budget and recipe can be gathered")  # fmt: skip
+        for seed in seeds:
+            for name, run in payload["runs"][seed].items():
+                earlier = runs[int(seed)].setdefault(name, run)
+                if earlier["curve"] != run["curve"]:
+                    raise ValueError(f"{path}: {name} at seed {seed} differs from its run in an earlier file")
+                model_lr.setdefault(name, run.get("lr", (payload.get("model_lr") or {}).get(name, payload["lr"])))
+        machines += payload["machine"] if isinstance(payload["machine"], list) else [payload["machine"]]
+    settings = first | {"models": list(model_lr), "model_lr": model_lr}
+    return settings, runs, list({json.dumps(m, sort_keys=True): m for m in machines}.values())
 
 
 # Settings the reference must share with a run that reuses it (our config overrides and the model list may differ;
@@ -241,9 +277,12 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
     seeds = list(runs)
     steps, batch_size, seq_len = settings["steps"], settings["batch_size"], settings["seq_len"]
     shapes = settings["model_config"] + (f" + {settings['config_overrides']}" if settings["config_overrides"] else "")
-    recipe = f"masking {settings['mask_probability']:.0%}, {settings['schedule']} schedule, lr {settings['lr']:g}"
-    if settings.get("model_lr"):
-        recipe += " (" + ", ".join(f"{name} {lr:g}" for name, lr in settings["model_lr"].items()) + ")"
+    model_lr = settings.get("model_lr") or {}
+    recipe = f"masking {settings['mask_probability']:.0%}, {settings['schedule']} schedule, "
+    if set(model_lr) == set(runs[seeds[0]]):  # gathered: every model at its own rate
+        recipe += "peak lr " + ", ".join(f"{name} {lr:g}" for name, lr in model_lr.items())
+    else:
+        recipe += f"lr {settings['lr']:g}" + "".join(f", {name} {lr:g}" for name, lr in model_lr.items())
     if settings.get("dropout"):
         recipe += f", dropout {settings['dropout']:g}"
     if settings.get("expert_weight_decay") is not None:
@@ -312,12 +351,16 @@ def main():
     parser.add_argument("--output", help="writes OUTPUT.json and OUTPUT.png (default: results/bench_quality[_quick])")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                         help="combine earlier runs of one experiment at different seeds; trains nothing")
+    parser.add_argument("--gather", type=Path, nargs="+", metavar="JSON",
+                        help="one table of the models of earlier runs of the same data, budget and recipe, each at its "
+                        "own learning rate (e.g. every model at its tuned rate); trains nothing")  # fmt: skip
     parser.add_argument("--reference", type=Path, metavar="JSON",
                         help="take modernbert's runs from this earlier run of the same settings instead of training it")
     args = parser.parse_args()
-    if args.combine:
-        settings, runs, machines = combine(args.combine)
-        output = Path(args.output or args.combine[0].with_name(args.combine[0].stem + "_combined"))
+    if args.combine or args.gather:
+        settings, runs, machines = combine(args.combine) if args.combine else gather(args.gather)
+        first = (args.combine or args.gather)[0]
+        output = Path(args.output or first.with_name(first.stem + ("_combined" if args.combine else "_gathered")))
         write(settings, runs, machines, output)
         return
     config_name, seq_len, batch_size, steps, eval_every, seeds = MODES["quick" if args.quick else "full"]

@@ -164,3 +164,32 @@ def test_model_lr_gives_one_model_its_own_rate_and_the_reference_checks_modernbe
     with pytest.raises(ValueError, match=r"its modernbert trained at lr 0\.002, this run's would at 0\.0005"):
         other_rate = settings | {"model_lr": {"modernbert": 5e-4}}
         bench_quality.reference_runs(earlier, other_rate, [0], modernbert_parameters=10)
+
+
+def test_gather_puts_models_of_runs_at_other_rates_in_one_table(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    moe = [results_file(tmp_path / "a", seed, {"moe": 3.0 + seed, "modernbert": 4.0}, lr=2e-3) for seed in (0, 1, 2)]
+    bert = [
+        results_file(tmp_path / "b", seed, {"bert": 5.0, "modernbert": 4.0}, lr=2e-3, model_lr={"bert": 5e-4})
+        for seed in (0, 1)
+    ]
+    _, moe_runs, _ = bench_quality.combine(moe)
+    combined = tmp_path / "moe_3_seeds"
+    bench_quality.write(json.loads(moe[0].read_text()), moe_runs, [harness.machine()], combined)
+    _, bert_runs, _ = bench_quality.combine(bert)
+    bench_quality.write(json.loads(bert[0].read_text()), bert_runs, [harness.machine()], tmp_path / "bert_2_seeds")
+
+    settings, runs, machines = bench_quality.gather([tmp_path / "moe_3_seeds.json", tmp_path / "bert_2_seeds.json"])
+    assert list(runs) == [0, 1]  # the seeds both files have
+    assert set(runs[0]) == {"moe", "modernbert", "bert"} and len(machines) == 1
+    assert settings["model_lr"] == {"moe": 2e-3, "modernbert": 2e-3, "bert": 5e-4}
+    summary = bench_quality.summarize(runs)
+    assert summary["moe"]["loss_equal_tokens"] == pytest.approx(3.5)
+    assert summary["bert"]["vs_reference_equal_tokens"] == pytest.approx(0.25)
+
+    other_steps = results_file(tmp_path / "b", 0, {"bert": 5.0, "modernbert": 4.0}, steps=20)
+    with pytest.raises(ValueError, match=r"steps is 20, but .*moe_3_seeds\.json has 10"):
+        bench_quality.gather([tmp_path / "moe_3_seeds.json", other_steps])
+    other_modernbert = results_file(tmp_path / "b", 0, {"modernbert": 4.5}, lr=2e-3)
+    with pytest.raises(ValueError, match="modernbert at seed 0 differs from its run in an earlier file"):
+        bench_quality.gather([tmp_path / "moe_3_seeds.json", other_modernbert])
