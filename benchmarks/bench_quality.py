@@ -287,7 +287,7 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
         recipe += f", dropout {settings['dropout']:g}"
     if settings.get("expert_weight_decay") is not None:
         recipe += f", expert weight decay {settings['expert_weight_decay']:g}"
-    where = "; ".join(dict.fromkeys(harness.machine_line(m) for m in machines))
+    where = harness.machines_line(machines)
     title = (f"Quality at equal compute: {shapes} shapes, {recipe}, "
              f"{steps} steps x {batch_size} x {seq_len} = {steps * batch_size * seq_len:,} tokens per model and seed "
              f"({settings['distinct_training_batches']} distinct batches of {settings['corpus']}), seeds {seeds}; "

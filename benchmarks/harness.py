@@ -361,9 +361,20 @@ def machine() -> dict:
     }
 
 
-def machine_line(m: dict | None = None) -> str:
-    """`machine()` (this one now, or one recorded in a results file) in words."""
+def machine_line(m: dict | None = None, load: bool = True) -> str:
+    """`machine()` (this one now, or one recorded in a results file) in words; `load=False` leaves out its load."""
     m = m or machine()
     isa = f", {m['cpu_capability']}" if "cpu_capability" in m else ""  # files from before 2026-12-04 lack it
-    return (f"CPU ({m['processor']}{isa}, {m['threads']} torch threads on {m['cpu_count']} cores, shared), "
-            f"torch {m['torch']}, load average {m['load_average_1min']:.1f}")  # fmt: skip
+    line = (f"CPU ({m['processor']}{isa}, {m['threads']} torch threads on {m['cpu_count']} cores, shared), "
+            f"torch {m['torch']}")  # fmt: skip
+    return line + (f", load average {m['load_average_1min']:.1f}" if load else "")
+
+
+def machines_line(machines: list[dict]) -> str:
+    """The machines of several runs in words: each kind once, with the range of the load averages it ran at."""
+    loads = {}
+    for m in machines:
+        loads.setdefault(machine_line(m, load=False), []).append(m["load_average_1min"])
+    ranges = {kind: (f"{min(v):.1f}" if f"{min(v):.1f}" == f"{max(v):.1f}" else f"{min(v):.1f}-{max(v):.1f}")
+              for kind, v in loads.items()}  # fmt: skip
+    return "; ".join(f"{kind}, load average {load_range}" for kind, load_range in ranges.items())

@@ -173,15 +173,15 @@ def test_gather_puts_models_of_runs_at_other_rates_in_one_table(tmp_path):
         results_file(tmp_path / "b", seed, {"bert": 5.0, "modernbert": 4.0}, lr=2e-3, model_lr={"bert": 5e-4})
         for seed in (0, 1)
     ]
+    machine = harness.machine()  # one machine for both (its load average changes from call to call)
     _, moe_runs, _ = bench_quality.combine(moe)
-    combined = tmp_path / "moe_3_seeds"
-    bench_quality.write(json.loads(moe[0].read_text()), moe_runs, [harness.machine()], combined)
+    bench_quality.write(json.loads(moe[0].read_text()), moe_runs, [machine], tmp_path / "moe_3_seeds")
     _, bert_runs, _ = bench_quality.combine(bert)
-    bench_quality.write(json.loads(bert[0].read_text()), bert_runs, [harness.machine()], tmp_path / "bert_2_seeds")
+    bench_quality.write(json.loads(bert[0].read_text()), bert_runs, [machine], tmp_path / "bert_2_seeds")
 
     settings, runs, machines = bench_quality.gather([tmp_path / "moe_3_seeds.json", tmp_path / "bert_2_seeds.json"])
     assert list(runs) == [0, 1]  # the seeds both files have
-    assert set(runs[0]) == {"moe", "modernbert", "bert"} and len(machines) == 1
+    assert set(runs[0]) == {"moe", "modernbert", "bert"} and machines == [machine]  # once, not per file
     assert settings["model_lr"] == {"moe": 2e-3, "modernbert": 2e-3, "bert": 5e-4}
     summary = bench_quality.summarize(runs)
     assert summary["moe"]["loss_equal_tokens"] == pytest.approx(3.5)
@@ -193,3 +193,12 @@ def test_gather_puts_models_of_runs_at_other_rates_in_one_table(tmp_path):
     other_modernbert = results_file(tmp_path / "b", 0, {"modernbert": 4.5}, lr=2e-3)
     with pytest.raises(ValueError, match="modernbert at seed 0 differs from its run in an earlier file"):
         bench_quality.gather([tmp_path / "moe_3_seeds.json", other_modernbert])
+
+
+def test_machines_line_names_each_kind_once_with_its_load_range():
+    one = harness.machine() | {"threads": 1, "load_average_1min": 0.8}
+    lines = harness.machines_line([one, one | {"load_average_1min": 1.5}, one | {"threads": 2}])
+    assert lines.count("1 torch threads") == 1 and "load average 0.8-1.5; " in lines
+    assert lines.endswith(
+        f"2 torch threads on {one['cpu_count']} cores, shared), torch {one['torch']}, load average 0.8"
+    )
