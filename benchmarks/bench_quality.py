@@ -163,7 +163,10 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
         ax.set_ylabel("held-out MLM loss")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("\n".join(textwrap.wrap(title + " Solid and dashed: two seeds.", 160)), fontsize=9)
+    seeds = list(runs)
+    others = f"; dashed: seed{'s' * (len(seeds) > 2)} {', '.join(map(str, seeds[1:]))}" if len(seeds) > 1 else ""
+    styles = f" Solid: seed {seeds[0]}{others}."
+    fig.suptitle("\n".join(textwrap.wrap(title + styles, 160)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
