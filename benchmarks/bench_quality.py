@@ -360,6 +360,8 @@ def main():
     parser.add_argument("--reference", type=Path, metavar="JSON",
                         help="take modernbert's runs from this earlier run of the same settings instead of training it")
     args = parser.parse_args()
+    if args.combine and args.gather:
+        parser.error("--combine (seeds of one experiment) and --gather (models of several) do not go together")
     if args.combine or args.gather:
         settings, runs, machines = combine(args.combine) if args.combine else gather(args.gather)
         first = (args.combine or args.gather)[0]
