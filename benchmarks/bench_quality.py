@@ -179,6 +179,24 @@ SAME_EXPERIMENT = ("model_config", "config_overrides", "models", "corpus", "seq_
                    "schedule", "optimizer", "dropout", "expert_weight_decay", "model_lr")  # fmt: skip
 
 
+def refuse_other_settings(path, payload: dict, keys: tuple, other: str, settings: dict, why: str) -> None:
+    """Raises naming the file and the first of `keys` whose value in `payload` differs from `settings`' (whose
+    source `other` names)."""
+    for key in keys:
+        if payload.get(key) != settings.get(key):
+            raise ValueError(f"{path}: {key} is {payload.get(key)!r}, but {other} has {settings.get(key)!r}: {why}")
+
+
+def recorded_machines(payload: dict) -> list[dict]:
+    """The machines a results file ran on (one, or a list when it holds runs of several)."""
+    return payload["machine"] if isinstance(payload["machine"], list) else [payload["machine"]]
+
+
+def model_rate(settings: dict, name: str) -> float:
+    """The peak learning rate a model trained at: its own `model_lr` entry, else the run's `lr`."""
+    return (settings.get("model_lr") or {}).get(name, settings["lr"])
+
+
 def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
     """Runs of one experiment at different seeds (bench_quality JSON files) -> (settings of the first, runs by seed,
     the machines they ran on).
@@ -188,15 +206,13 @@ def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
     first_path, first = payloads[0]
     runs, machines = {}, []
     for path, payload in payloads:
-        for key in SAME_EXPERIMENT:
-            if payload.get(key) != first.get(key):
-                raise ValueError(f"{path}: {key} is {payload.get(key)!r}, but {first_path} has {first.get(key)!r}: "
-                                 "only runs of the same experiment at different seeds can be combined")  # fmt: skip
+        refuse_other_settings(path, payload, SAME_EXPERIMENT, first_path, first,
+                              "only runs of the same experiment at different seeds can be combined")  # fmt: skip
         for seed, run in payload["runs"].items():
             if int(seed) in runs:
                 raise ValueError(f"{path}: seed {seed} is already in an earlier file")
             runs[int(seed)] = run
-        machines += payload["machine"] if isinstance(payload["machine"], list) else [payload["machine"]]
+        machines += recorded_machines(payload)
     return first, runs, machines
 
 
@@ -216,30 +232,23 @@ def gather(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
         raise ValueError(f"{', '.join(map(str, paths))}: no seed is in every file")
     runs, model_lr, machines = {int(seed): {} for seed in seeds}, {}, []
     for path, payload in payloads:
-        for key in GATHER_SETTINGS:
-            if payload.get(key) != first.get(key):
-                raise ValueError(f"{path}: {key} is {payload.get(key)!r}, but {first_path} has {first.get(key)!r}: "
-                                 "only runs of the same data, budget and recipe can be gathered")  # fmt: skip
+        refuse_other_settings(path, payload, GATHER_SETTINGS, first_path, first,
+                              "only runs of the same data, budget and recipe can be gathered")  # fmt: skip
         for seed in seeds:
             for name, run in payload["runs"][seed].items():
                 earlier = runs[int(seed)].setdefault(name, run)
                 if earlier["curve"] != run["curve"]:
                     raise ValueError(f"{path}: {name} at seed {seed} differs from its run in an earlier file")
-                model_lr.setdefault(name, run.get("lr", (payload.get("model_lr") or {}).get(name, payload["lr"])))
-        machines += payload["machine"] if isinstance(payload["machine"], list) else [payload["machine"]]
+                model_lr.setdefault(name, run.get("lr", model_rate(payload, name)))  # older files: the run's rate
+        machines += recorded_machines(payload)
     settings = first | {"models": list(model_lr), "model_lr": model_lr}
     return settings, runs, list({json.dumps(m, sort_keys=True): m for m in machines}.values())
 
 
 # Settings the reference must share with a run that reuses it (our config overrides and the model list may differ;
-# of the learning rates only ModernBERT's own must be the same, see `modernbert_lr`).
+# of the learning rates only ModernBERT's own must be the same).
 OURS_ONLY = ("config_overrides", "models", "expert_weight_decay", "upcycle_at")  # ModernBERT is the same without them
 REFERENCE_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in (*OURS_ONLY, "lr", "model_lr"))
-
-
-def modernbert_lr(settings: dict) -> float:
-    """The peak learning rate ModernBERT trained at: its own `model_lr` entry, else the run's `lr`."""
-    return (settings.get("model_lr") or {}).get("modernbert", settings["lr"])
 
 
 def reference_runs(
@@ -248,14 +257,12 @@ def reference_runs(
     """ModernBERT's runs in an earlier results file by seed, and the machines they ran on. Refuses a file of other
     settings, a ModernBERT of another size (the overrides changed the shapes) or a file without one of the seeds."""
     payload = json.loads(Path(path).read_text())
-    for key in REFERENCE_SETTINGS:
-        if payload.get(key) != settings.get(key):
-            raise ValueError(f"{path}: {key} is {payload.get(key)!r}, but this run has {settings.get(key)!r}: "
-                             "the reference must come from a run of the same settings")  # fmt: skip
-    if modernbert_lr(payload) != modernbert_lr(settings):
-        raise ValueError(f"{path}: its modernbert trained at lr {modernbert_lr(payload):g}, this run's would at "
-                         f"{modernbert_lr(settings):g}: the reference must come from a run of the same "
-                         "settings")  # fmt: skip
+    refuse_other_settings(path, payload, REFERENCE_SETTINGS, "this run", settings,
+                          "the reference must come from a run of the same settings")  # fmt: skip
+    ours, theirs = model_rate(settings, "modernbert"), model_rate(payload, "modernbert")
+    if ours != theirs:
+        raise ValueError(f"{path}: its modernbert trained at lr {theirs:g}, this run's would at {ours:g}: "
+                         "the reference must come from a run of the same settings")  # fmt: skip
     runs = {}
     for seed in seeds:
         run = payload["runs"].get(str(seed), {}).get("modernbert")
@@ -265,8 +272,7 @@ def reference_runs(
             raise ValueError(f"{path}: its modernbert has {run['total_parameters']:,} parameters, this run's "
                              f"{modernbert_parameters:,}: the config overrides change the shapes")  # fmt: skip
         runs[seed] = run
-    machines = payload["machine"]
-    return runs, machines if isinstance(machines, list) else [machines]
+    return runs, recorded_machines(payload)
 
 
 def output_files(output: Path) -> tuple[Path, Path]:

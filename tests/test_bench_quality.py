@@ -167,7 +167,8 @@ def test_model_lr_gives_one_model_its_own_rate_and_the_reference_checks_modernbe
 
 
 def test_gather_puts_models_of_runs_at_other_rates_in_one_table(tmp_path):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     moe = [results_file(tmp_path / "a", seed, {"moe": 3.0 + seed, "modernbert": 4.0}, lr=2e-3) for seed in (0, 1, 2)]
     bert = [
         results_file(tmp_path / "b", seed, {"bert": 5.0, "modernbert": 4.0}, lr=2e-3, model_lr={"bert": 5e-4})
