@@ -328,6 +328,14 @@ def model_lr_arg(value: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{value!r}: {lr!r} is not a number") from None
 
 
+def optimizer_description(warmup_fraction: float) -> str:
+    """The optimizer and schedule as a run's settings record them (at the default 10% warm-up, as every file has)."""
+    return (
+        f"AdamW(fused, betas=(0.9, 0.98), weight_decay=0.01), {warmup_fraction:.0%} linear warmup, then the schedule, "
+        "clip 1.0"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny config, 40 steps of 16 x 64 tokens, one seed")
@@ -344,6 +352,8 @@ def main():
                         help="a model's own peak learning rate instead of --lr, e.g. bert=5e-4 (each at its tuned "
                         "rate; the name as in --models, 'dense twin' quoted)")  # fmt: skip
     parser.add_argument("--schedule", choices=("linear", "wsd"), default="wsd", help="learning-rate schedule")
+    parser.add_argument("--warmup_fraction", type=float, default=0.1,
+                        help="share of the steps spent warming the learning rate up from 0 to its peak")  # fmt: skip
     parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
     parser.add_argument(
         "--models", nargs="*", choices=CONTENDERS,
@@ -366,6 +376,10 @@ def main():
     parser.add_argument("--reference", type=Path, metavar="JSON",
                         help="take modernbert's runs from this earlier run of the same settings instead of training it")
     args = parser.parse_args()
+    longest_warmup = 1 - harness.WSD_DECAY if args.schedule == "wsd" else 1.0
+    if not 0 < args.warmup_fraction < longest_warmup:
+        parser.error(f"--warmup_fraction {args.warmup_fraction} is outside (0, {longest_warmup:g}): the "
+                     f"{args.schedule} schedule needs steps after the warm-up")  # fmt: skip
     if args.combine and args.gather:
         parser.error("--combine (seeds of one experiment) and --gather (models of several) do not go together")
     if args.combine or args.gather:
@@ -409,8 +423,7 @@ def main():
         "steps": steps, "distinct_training_batches": len(data[seeds[0]][0]), "eval_masked_batches": args.eval_batches,
         "lr": args.lr, "upcycle_at": args.upcycle_at, "mask_probability": args.mask_probability,
         "schedule": args.schedule,
-        "optimizer": "AdamW(fused, betas=(0.9, 0.98), weight_decay=0.01), 10% linear warmup, then the schedule, "
-                     "clip 1.0",
+        "optimizer": optimizer_description(args.warmup_fraction),
         "dropout": args.dropout, "expert_weight_decay": args.expert_weight_decay, "model_lr": model_lr,
         "modernbert_from": args.reference and args.reference.name,
     }  # fmt: skip
@@ -426,7 +439,7 @@ def main():
             contenders(config, tokenizer, args.upcycle_at, args.schedule, models, args.dropout or 0.0, model_lr),
             batches,
             eval_batches[: args.eval_batches], steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
-            expert_weight_decay=args.expert_weight_decay,
+            warmup_fraction=args.warmup_fraction, expert_weight_decay=args.expert_weight_decay,
         )  # fmt: skip
         if args.reference:
             runs[seed]["modernbert"] = reference[seed]

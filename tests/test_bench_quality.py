@@ -203,3 +203,25 @@ def test_machines_line_names_each_kind_once_with_its_load_range():
     assert lines.endswith(
         f"2 torch threads on {one['cpu_count']} cores, shared), torch {one['torch']}, load average 0.8"
     )
+
+
+def test_warmup_fraction_is_a_setting_of_the_experiment(tmp_path):
+    """The default keeps the optimizer string of every file written so far; another warm-up is another experiment,
+    so a ModernBERT run at 10% cannot stand in for one at 25%."""
+    stored = json.loads((REPO / "benchmarks/results/bench_quality_2000_steps_best_rates.json").read_text())
+    assert bench_quality.optimizer_description(0.1) == stored["optimizer"]
+    default, longer = bench_quality.optimizer_description(0.1), bench_quality.optimizer_description(0.25)
+    earlier = results_file(tmp_path, 0, {"moe": 3.0, "modernbert": 4.0}, optimizer=default)
+    settings = json.loads(earlier.read_text()) | {"models": ["moe"], "optimizer": longer}
+    with pytest.raises(ValueError, match=r"optimizer is .*10% linear warmup.*, but this run has .*25% linear warmup"):
+        bench_quality.reference_runs(earlier, settings, [0], modernbert_parameters=10)
+
+
+@pytest.mark.parametrize("argv", [["--warmup_fraction", "0"], ["--warmup_fraction", "0.8"],
+                                  ["--warmup_fraction", "1", "--schedule", "linear"]])  # fmt: skip
+def test_warmup_fraction_out_of_range_is_refused_with_the_range(argv, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_quality.py", *argv])
+    with pytest.raises(SystemExit):
+        bench_quality.main()
+    error = capsys.readouterr().err
+    assert f"--warmup_fraction {float(argv[1])} is outside (0, " in error and "needs steps after the warm-up" in error
