@@ -45,6 +45,7 @@ weight decay (the rest keeps 0.01).
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import textwrap
@@ -216,32 +217,44 @@ def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
     return first, runs, machines
 
 
-# Settings that models gathered from several runs must share: the data, budget and recipe, not the learning rate.
-GATHER_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in ("models", "lr", "model_lr"))
+# Settings that models gathered from several runs must share: the data, budget and recipe, not the learning rate,
+# nor the warm-up (the optimizer settings may differ in it alone).
+GATHER_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in ("models", "lr", "model_lr", "optimizer"))
+WARMUP = re.compile(r"(\d+%) linear warmup")  # in the optimizer setting, see optimizer_description
 
 
 def gather(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
     """Models trained in different runs of the same data, budget and recipe, each maybe at its own learning rate
     (bench_quality JSON files) -> one table: (settings of the first with every model's rate, runs by seed, the
-    machines), over the seeds all files have. A model in several files (a `--reference` copy of ModernBERT) is taken
-    from the first; refuses files of other settings and a model whose copies differ."""
+    machines), over the seeds all files have. The warm-up may differ too (each model at its tuned one); the settings
+    then name every model's. A model in several files (a `--reference` copy of ModernBERT) is taken from the first;
+    refuses files of other settings and a model whose copies differ."""
     payloads = [(path, json.loads(Path(path).read_text())) for path in paths]
     first_path, first = payloads[0]
     seeds = sorted(set.intersection(*(set(payload["runs"]) for _, payload in payloads)), key=int)
     if not seeds:
         raise ValueError(f"{', '.join(map(str, paths))}: no seed is in every file")
-    runs, model_lr, machines = {int(seed): {} for seed in seeds}, {}, []
+    runs, model_lr, model_warmup, machines = {int(seed): {} for seed in seeds}, {}, {}, []
     for path, payload in payloads:
         refuse_other_settings(path, payload, GATHER_SETTINGS, first_path, first,
                               "only runs of the same data, budget and recipe can be gathered")  # fmt: skip
+        optimizer, first_optimizer = payload.get("optimizer") or "", first.get("optimizer") or ""
+        if WARMUP.sub("", optimizer) != WARMUP.sub("", first_optimizer):
+            raise ValueError(f"{path}: optimizer is {optimizer!r}, but {first_path} has {first_optimizer!r}: of the "
+                             "optimizer settings only the warm-up may differ")  # fmt: skip
+        warmup = WARMUP.search(optimizer)
         for seed in seeds:
             for name, run in payload["runs"][seed].items():
                 earlier = runs[int(seed)].setdefault(name, run)
                 if earlier["curve"] != run["curve"]:
                     raise ValueError(f"{path}: {name} at seed {seed} differs from its run in an earlier file")
                 model_lr.setdefault(name, run.get("lr", model_rate(payload, name)))  # older files: the run's rate
+                model_warmup.setdefault(name, warmup and warmup.group(1))
         machines += recorded_machines(payload)
     settings = first | {"models": list(model_lr), "model_lr": model_lr}
+    if len(set(model_warmup.values())) > 1:
+        per_model = WARMUP.sub("per-model linear warmup", first["optimizer"])
+        settings |= {"optimizer": per_model, "model_warmup": model_warmup}
     return settings, runs, list({json.dumps(m, sort_keys=True): m for m in machines}.values())
 
 
@@ -292,6 +305,8 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
         recipe += "peak lr " + ", ".join(f"{name} {lr:g}" for name, lr in model_lr.items())
     else:
         recipe += f"lr {settings['lr']:g}" + "".join(f", {name} {lr:g}" for name, lr in model_lr.items())
+    if settings.get("model_warmup"):
+        recipe += ", warm-up " + ", ".join(f"{name} {share}" for name, share in settings["model_warmup"].items())
     if settings.get("dropout"):
         recipe += f", dropout {settings['dropout']:g}"
     if settings.get("expert_weight_decay") is not None:
@@ -312,7 +327,7 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
         "tokens_per_model": steps * batch_size * seq_len, "seeds": seeds,
         "machine": machines[0] if len(machines) == 1 else machines,
         "summary": summary, "runs": {str(seed): run for seed, run in runs.items()},
-    } | ({"modernbert_from": settings["modernbert_from"]} if settings.get("modernbert_from") else {})  # fmt: skip
+    } | {key: settings[key] for key in ("model_warmup", "modernbert_from") if settings.get(key)}  # fmt: skip
     json_file.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {json_file} and {png_file}")
 

@@ -225,3 +225,24 @@ def test_warmup_fraction_out_of_range_is_refused_with_the_range(argv, monkeypatc
         bench_quality.main()
     error = capsys.readouterr().err
     assert f"--warmup_fraction {float(argv[1])} is outside (0, " in error and "needs steps after the warm-up" in error
+
+
+def test_gather_takes_each_model_at_its_own_warmup_and_only_that(tmp_path, capsys):
+    default, longer = bench_quality.optimizer_description(0.1), bench_quality.optimizer_description(0.25)
+    (tmp_path / "a").mkdir()
+    moe = results_file(tmp_path / "a", 0, {"moe": 3.0}, optimizer=longer)
+    modernbert = results_file(tmp_path, 0, {"modernbert": 4.0}, optimizer=default)
+
+    settings, runs, machines = bench_quality.gather([moe, modernbert])
+    assert settings["model_warmup"] == {"moe": "25%", "modernbert": "10%"}
+    assert "per-model linear warmup" in settings["optimizer"]
+    bench_quality.write(settings, runs, machines, tmp_path / "gathered")
+    assert "warm-up moe 25%, modernbert 10%" in capsys.readouterr().out
+    written = json.loads((tmp_path / "gathered.json").read_text())
+    assert written["model_warmup"] == {"moe": "25%", "modernbert": "10%"}
+
+    same = bench_quality.gather([moe, results_file(tmp_path, 0, {"modernbert": 4.0}, optimizer=longer)])[0]
+    assert "model_warmup" not in same and same["optimizer"] == longer  # one warm-up: nothing per model
+    unfused = results_file(tmp_path, 0, {"modernbert": 4.0}, optimizer=default.replace("fused, ", ""))
+    with pytest.raises(ValueError, match="of the optimizer settings only the warm-up may differ"):
+        bench_quality.gather([moe, unfused])
