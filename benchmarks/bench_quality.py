@@ -220,7 +220,7 @@ def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
 # Settings that models gathered from several runs must share: the data, budget and recipe, not the learning rate,
 # nor the warm-up (the optimizer settings may differ in it alone).
 GATHER_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in ("models", "lr", "model_lr", "optimizer"))
-WARMUP = re.compile(r"(\d+%) linear warmup")  # in the optimizer setting, see optimizer_description
+WARMUP = re.compile(r"([\d.]+%) linear warmup")  # in the optimizer setting, see optimizer_description
 
 
 def gather(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
@@ -346,8 +346,8 @@ def model_lr_arg(value: str) -> tuple[str, float]:
 def optimizer_description(warmup_fraction: float) -> str:
     """The optimizer and schedule as a run's settings record them (at the default 10% warm-up, as every file has)."""
     return (
-        f"AdamW(fused, betas=(0.9, 0.98), weight_decay=0.01), {warmup_fraction:.0%} linear warmup, then the schedule, "
-        "clip 1.0"
+        f"AdamW(fused, betas=(0.9, 0.98), weight_decay=0.01), {warmup_fraction * 100:g}% linear warmup, "
+        "then the schedule, clip 1.0"
     )
 
 

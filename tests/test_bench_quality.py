@@ -246,3 +246,8 @@ def test_gather_takes_each_model_at_its_own_warmup_and_only_that(tmp_path, capsy
     unfused = results_file(tmp_path, 0, {"modernbert": 4.0}, optimizer=default.replace("fused, ", ""))
     with pytest.raises(ValueError, match="of the optimizer settings only the warm-up may differ"):
         bench_quality.gather([moe, unfused])
+
+
+def test_warmup_shares_that_round_alike_stay_apart():
+    assert bench_quality.optimizer_description(0.125) != bench_quality.optimizer_description(0.12)
+    assert bench_quality.WARMUP.search(bench_quality.optimizer_description(0.125)).group(1) == "12.5%"
