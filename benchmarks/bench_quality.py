@@ -221,6 +221,7 @@ def combine(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
 # nor the warm-up (the optimizer settings may differ in it alone).
 GATHER_SETTINGS = tuple(key for key in SAME_EXPERIMENT if key not in ("models", "lr", "model_lr", "optimizer"))
 WARMUP = re.compile(r"([\d.]+%) linear warmup")  # in the optimizer setting, see optimizer_description
+DEFAULT_WARMUP_FRACTION = 0.1
 
 
 def gather(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
@@ -305,8 +306,11 @@ def write(settings: dict, runs: dict[int, dict], machines: list[dict], output: P
         recipe += "peak lr " + ", ".join(f"{name} {lr:g}" for name, lr in model_lr.items())
     else:
         recipe += f"lr {settings['lr']:g}" + "".join(f", {name} {lr:g}" for name, lr in model_lr.items())
+    warmup = WARMUP.search(settings.get("optimizer") or "")
     if settings.get("model_warmup"):
         recipe += ", warm-up " + ", ".join(f"{name} {share}" for name, share in settings["model_warmup"].items())
+    elif warmup and warmup.group(1) != f"{DEFAULT_WARMUP_FRACTION * 100:g}%":  # the runs before the option had it
+        recipe += f", warm-up {warmup.group(1)}"
     if settings.get("dropout"):
         recipe += f", dropout {settings['dropout']:g}"
     if settings.get("expert_weight_decay") is not None:
@@ -367,7 +371,7 @@ def main():
                         help="a model's own peak learning rate instead of --lr, e.g. bert=5e-4 (each at its tuned "
                         "rate; the name as in --models, 'dense twin' quoted)")  # fmt: skip
     parser.add_argument("--schedule", choices=("linear", "wsd"), default="wsd", help="learning-rate schedule")
-    parser.add_argument("--warmup_fraction", type=float, default=0.1,
+    parser.add_argument("--warmup_fraction", type=float, default=DEFAULT_WARMUP_FRACTION,
                         help="share of the steps spent warming the learning rate up from 0 to its peak")  # fmt: skip
     parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
     parser.add_argument(

@@ -243,6 +243,8 @@ def test_gather_takes_each_model_at_its_own_warmup_and_only_that(tmp_path, capsy
 
     same = bench_quality.gather([moe, results_file(tmp_path, 0, {"modernbert": 4.0}, optimizer=longer)])[0]
     assert "model_warmup" not in same and same["optimizer"] == longer  # one warm-up: nothing per model
+    bench_quality.write(same, runs, machines, tmp_path / "both_at_25")
+    assert ", warm-up 25%," in capsys.readouterr().out  # a run's one warm-up, when not the default, is in its title
     unfused = results_file(tmp_path, 0, {"modernbert": 4.0}, optimizer=default.replace("fused, ", ""))
     with pytest.raises(ValueError, match="of the optimizer settings only the warm-up may differ"):
         bench_quality.gather([moe, unfused])
