@@ -34,6 +34,9 @@ table and one figure with --gather (over the seeds every file has; trains nothin
 
     python benchmarks/bench_quality.py --gather results/A.json results/B.json --output benchmarks/results/NAME
 
+A file given as FILE:NAME[,NAME] gives only those models (e.g. the MoE of a run at one warm-up and ModernBERT of a
+run at another, when both files hold both: `--gather A.json:moe B.json:modernbert`).
+
 When only our models change (--config_overrides that leave the shapes alone), the reference need not train again:
 --reference JSON takes ModernBERT's runs, seed by seed, from an earlier run of the same settings (its wall-clock
 then comes from that run's machine, which the title names); `--reference R --upcycle_at F --models` (no names) trains
@@ -50,6 +53,7 @@ import statistics
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -224,13 +228,46 @@ WARMUP = re.compile(r"([\d.]+%) linear warmup")  # in the optimizer setting, see
 DEFAULT_WARMUP_FRACTION = 0.1
 
 
-def gather(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
+GATHERABLE = (*CONTENDERS, "moe (upcycled)")  # the models a results file can hold
+
+
+class GatherSource(NamedTuple):
+    """A results file for --gather and the models to take from it (None: all of them)."""
+
+    path: Path
+    models: tuple[str, ...] | None = None
+
+
+def gather_source(value: str) -> GatherSource:
+    """`A.json` -> every model of A.json; `A.json:moe,dense twin` -> those two (for --gather)."""
+    path, _, names = value.rpartition(":")
+    picked = tuple(name.strip() for name in names.split(","))
+    if path and all(name in GATHERABLE for name in picked):
+        return GatherSource(Path(path), picked)
+    if path and Path(path).exists() and not Path(value).exists():
+        raise argparse.ArgumentTypeError(f"{value!r}: {names!r} is not a list of models: a results file holds "
+                                         f"{', '.join(GATHERABLE)}")  # fmt: skip
+    return GatherSource(Path(value))
+
+
+def gather(sources: list[Path | GatherSource]) -> tuple[dict, dict, list[dict]]:
     """Models trained in different runs of the same data, budget and recipe, each maybe at its own learning rate
-    (bench_quality JSON files) -> one table: (settings of the first with every model's rate, runs by seed, the
-    machines), over the seeds all files have. The warm-up may differ too (each model at its tuned one); the settings
-    then name every model's. A model in several files (a `--reference` copy of ModernBERT) is taken from the first;
-    refuses files of other settings and a model whose copies differ."""
+    (bench_quality JSON files, each maybe with the models to take from it) -> one table: (settings of the first with
+    every model's rate, runs by seed, the machines), over the seeds all files have. The warm-up may differ too (each
+    model at its tuned one); the settings then name every model's. A model in several files (a `--reference` copy of
+    ModernBERT) is taken from the first; refuses files of other settings, a model whose copies differ and a picked
+    model that its file lacks."""
+    sources = [source if isinstance(source, GatherSource) else GatherSource(Path(source)) for source in sources]
+    paths = [source.path for source in sources]
     payloads = [(path, json.loads(Path(path).read_text())) for path in paths]
+    for (path, payload), source in zip(payloads, sources):
+        if source.models is None:
+            continue
+        for seed, models in payload["runs"].items():
+            missing = [name for name in source.models if name not in models]
+            if missing:
+                raise ValueError(f"{path}: no {', '.join(missing)} run at seed {seed} (it has {', '.join(models)})")
+            payload["runs"][seed] = {name: models[name] for name in source.models}
     first_path, first = payloads[0]
     seeds = sorted(set.intersection(*(set(payload["runs"]) for _, payload in payloads)), key=int)
     if not seeds:
@@ -389,9 +426,10 @@ def main():
     parser.add_argument("--output", help="writes OUTPUT.json and OUTPUT.png (default: results/bench_quality[_quick])")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                         help="combine earlier runs of one experiment at different seeds; trains nothing")
-    parser.add_argument("--gather", type=Path, nargs="+", metavar="JSON",
+    parser.add_argument("--gather", type=gather_source, nargs="+", metavar="JSON[:NAME,...]",
                         help="one table of the models of earlier runs of the same data, budget and recipe, each at its "
-                        "own learning rate (e.g. every model at its tuned rate); trains nothing")  # fmt: skip
+                        "own learning rate (e.g. every model at its tuned rate); JSON:NAME,... takes only those "
+                        "models from a file; trains nothing")  # fmt: skip
     parser.add_argument("--reference", type=Path, metavar="JSON",
                         help="take modernbert's runs from this earlier run of the same settings instead of training it")
     args = parser.parse_args()
@@ -403,7 +441,7 @@ def main():
         parser.error("--combine (seeds of one experiment) and --gather (models of several) do not go together")
     if args.combine or args.gather:
         settings, runs, machines = combine(args.combine) if args.combine else gather(args.gather)
-        first = (args.combine or args.gather)[0]
+        first = args.combine[0] if args.combine else args.gather[0].path
         output = Path(args.output or first.with_name(first.stem + ("_combined" if args.combine else "_gathered")))
         write(settings, runs, machines, output)
         return

@@ -253,3 +253,28 @@ def test_gather_takes_each_model_at_its_own_warmup_and_only_that(tmp_path, capsy
 def test_warmup_shares_that_round_alike_stay_apart():
     assert bench_quality.optimizer_description(0.125) != bench_quality.optimizer_description(0.12)
     assert bench_quality.WARMUP.search(bench_quality.optimizer_description(0.125)).group(1) == "12.5%"
+
+
+def test_gather_takes_only_the_models_a_file_is_named_with(tmp_path):
+    """Both files hold both models (each run trains ModernBERT beside the MoE): FILE:NAME picks the MoE at 25% from
+    one and ModernBERT at 10% from the other, where taking everything would refuse the two differing ModernBERTs."""
+    default, longer = bench_quality.optimizer_description(0.1), bench_quality.optimizer_description(0.25)
+    (tmp_path / "a").mkdir()
+    at_25 = results_file(tmp_path / "a", 0, {"moe": 3.0, "modernbert": 4.2}, optimizer=longer)
+    at_10 = results_file(tmp_path, 0, {"moe": 3.5, "modernbert": 4.0}, optimizer=default)
+    with pytest.raises(ValueError, match="moe at seed 0 differs from its run in an earlier file"):
+        bench_quality.gather([at_25, at_10])
+
+    sources = [bench_quality.gather_source(f"{at_25}:moe"), bench_quality.gather_source(f"{at_10}:modernbert")]
+    assert sources[0] == bench_quality.GatherSource(at_25, ("moe",))
+    settings, runs, _ = bench_quality.gather(sources)
+    assert runs[0]["moe"]["final"]["eval_loss"] == 3.0 and runs[0]["modernbert"]["final"]["eval_loss"] == 4.0
+    assert settings["models"] == ["moe", "modernbert"]
+    assert settings["model_warmup"] == {"moe": "25%", "modernbert": "10%"}
+
+    assert bench_quality.gather_source(str(at_25)) == bench_quality.GatherSource(at_25)  # a plain path: everything
+    assert bench_quality.gather_source(f"{at_25}:moe,dense twin").models == ("moe", "dense twin")
+    with pytest.raises(ValueError, match=r"seed0\.json: no dense twin run at seed 0 \(it has moe, modernbert\)"):
+        bench_quality.gather([bench_quality.gather_source(f"{at_25}:moe,dense twin")])
+    with pytest.raises(argparse.ArgumentTypeError, match="'modrnbert' is not a list of models: a results file holds"):
+        bench_quality.gather_source(f"{at_10}:modrnbert")
