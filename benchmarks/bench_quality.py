@@ -260,20 +260,12 @@ def gather(sources: list[Path | GatherSource]) -> tuple[dict, dict, list[dict]]:
     sources = [source if isinstance(source, GatherSource) else GatherSource(Path(source)) for source in sources]
     paths = [source.path for source in sources]
     payloads = [(path, json.loads(Path(path).read_text())) for path in paths]
-    for (path, payload), source in zip(payloads, sources):
-        if source.models is None:
-            continue
-        for seed, models in payload["runs"].items():
-            missing = [name for name in source.models if name not in models]
-            if missing:
-                raise ValueError(f"{path}: no {', '.join(missing)} run at seed {seed} (it has {', '.join(models)})")
-            payload["runs"][seed] = {name: models[name] for name in source.models}
     first_path, first = payloads[0]
     seeds = sorted(set.intersection(*(set(payload["runs"]) for _, payload in payloads)), key=int)
     if not seeds:
         raise ValueError(f"{', '.join(map(str, paths))}: no seed is in every file")
     runs, model_lr, model_warmup, machines = {int(seed): {} for seed in seeds}, {}, {}, []
-    for path, payload in payloads:
+    for (path, payload), source in zip(payloads, sources):
         refuse_other_settings(path, payload, GATHER_SETTINGS, first_path, first,
                               "only runs of the same data, budget and recipe can be gathered")  # fmt: skip
         optimizer, first_optimizer = payload.get("optimizer") or "", first.get("optimizer") or ""
@@ -282,7 +274,12 @@ def gather(sources: list[Path | GatherSource]) -> tuple[dict, dict, list[dict]]:
                              "optimizer settings only the warm-up may differ")  # fmt: skip
         warmup = WARMUP.search(optimizer)
         for seed in seeds:
-            for name, run in payload["runs"][seed].items():
+            held = payload["runs"][seed]
+            missing = [name for name in source.models or () if name not in held]
+            if missing:
+                raise ValueError(f"{path}: no {', '.join(missing)} run at seed {seed} (it has {', '.join(held)})")
+            for name in source.models or held:
+                run = held[name]
                 earlier = runs[int(seed)].setdefault(name, run)
                 if earlier["curve"] != run["curve"]:
                     raise ValueError(f"{path}: {name} at seed {seed} differs from its run in an earlier file")
