@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="the .jsonl.gz to write")
     parser.add_argument("--held_out_fraction", type=float, default=0.05, help="the harness's (bench_quality.py)")
     args = parser.parse_args()
+    (args.work / "x").mkdir(parents=True, exist_ok=True)  # the shared builder's fetch unpacks into work/x/<package>
     shared = [record for _, record in iter_jsonl_records(SHARED / "es_corpus.jsonl.gz")]
     seen = {p.lower() for record in shared for p in record["text"].split("\n")}
     added, stats = [], {}
