@@ -246,12 +246,15 @@ def train_side_by_side(
     expert_weight_decay: float | None = None,
     seed: int = 0,
     log=print,
+    inspect: Callable[[str, torch.nn.Module], dict] | None = None,
 ) -> dict:
     """Train every contender (a `Contender`, or just a model factory) one step each in turn, on its batches in the
     same order, with AdamW, clipping at 1.0 and its schedule; evaluate all every `eval_every` steps. Wall time counts
     only each model's own steps. The curves record held-out loss and accuracy, and the mean training MLM loss
     since the previous evaluation (so that overfitting shows). `expert_weight_decay`, when given, replaces
-    `weight_decay` on the MoE experts' weights (the other parameters and models without experts keep it)."""
+    `weight_decay` on the MoE experts' weights (the other parameters and models without experts keep it).
+    `inspect(name, model)`, when given, runs after every evaluation (step 0 included, outside the timing) and its
+    dict joins that point of the curve (bench_router.py's routing statistics)."""
     runs, prior_counts = {}, None
     warmup = max(1, int(steps * warmup_fraction))
     decay = (weight_decay, weight_decay if expert_weight_decay is None else expert_weight_decay)
@@ -266,6 +269,8 @@ def train_side_by_side(
         run = {"contender": contender, "model": model, "seconds": 0.0, "losses": [], "lr": contender.lr or lr}
         run["optimizer"], run["schedule"] = optimizer_and_schedule(run, steps, warmup, decay, start=0)
         run["curve"] = [{"step": 0, "tokens": 0, "seconds": 0.0, **evaluate(model, eval_batches)}]
+        if inspect is not None:
+            run["curve"][0] |= inspect(name, model)
         runs[name] = run
         log(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
             f"initial eval loss {run['curve'][0]['eval_loss']:.3f}")  # fmt: skip
@@ -296,6 +301,8 @@ def train_side_by_side(
             point = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "seconds": run["seconds"],
                      "train_loss": train_loss} | evaluate(run["model"], eval_batches)  # fmt: skip
             run["losses"] = []
+            if inspect is not None:
+                point |= inspect(name, run["model"])
             run["curve"].append(point)
             log(f"step {step + 1:5d} {name:>12}: train {point['train_loss']:.3f}  eval {point['eval_loss']:.3f}  "
                 f"acc {point['eval_accuracy']:.3f}  {run['seconds']:.0f}s")  # fmt: skip
