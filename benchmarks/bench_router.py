@@ -18,6 +18,8 @@ trains alone, and at every evaluation its routers are read over the held-out bat
     python benchmarks/bench_router.py --quick                 # tiny config, 40 steps, a minute
     python benchmarks/bench_router.py --lr 2e-3 --seeds 0     # mini config, 2,000 steps on the shared corpus
 
+Seeds run as separate processes (one thread each on a 2-core machine) make one file with --combine A.json B.json.
+
 Writes benchmarks/results/bench_router[_quick].json and .png (each statistic per layer against tokens seen).
 """
 
@@ -206,6 +208,28 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+SAME_RUN = ("model_config", "config_overrides", "corpus", "steps", "seq_len", "batch_size", "lr", "schedule",
+            "mask_probability", "optimizer")  # fmt: skip
+
+
+def combine(paths: list[Path], output: Path) -> None:
+    """One file and figure of the seeds of several files of the same settings (each seed run as its own process)."""
+    files = [json.loads(path.read_text()) for path in paths]
+    for path, payload in zip(paths[1:], files[1:]):
+        changed = [key for key in SAME_RUN if payload.get(key) != files[0].get(key)]
+        if changed:
+            raise SystemExit(f"{path}: not the run of {paths[0]} at another seed ({', '.join(changed)} differ)")
+    runs = {int(seed): run for payload in files for seed, run in payload["runs"].items()}
+    payload = files[0] | {"seeds": sorted(runs), "runs": {str(seed): runs[seed] for seed in sorted(runs)},
+                          "machine": [f["machine"] for f in files]}  # fmt: skip
+    title = files[0]["title"].rsplit("; ", 1)[0] + f"; {harness.machines_line(payload['machine'])}."
+    payload["title"] = title
+    output.parent.mkdir(parents=True, exist_ok=True)
+    plot({seed: runs[seed] for seed in sorted(runs)}, title, output.with_name(output.name + ".png"))
+    output.with_name(output.name + ".json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"{title}\nwrote {output}.json and {output}.png")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny config, 40 steps of 16 x 64 tokens")
@@ -221,7 +245,12 @@ def main():
     parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="writes OUTPUT.json and OUTPUT.png (default: results/bench_router[_quick])")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="one file of the seeds of earlier runs of the same settings; trains nothing")  # fmt: skip
     args = parser.parse_args()
+    if args.combine:
+        combine(args.combine, Path(args.output or args.combine[0].with_name(args.combine[0].stem + "_combined")))
+        return
     keep_freed_memory()
 
     config_name, seq_len, batch_size, steps, eval_every = MODES["quick" if args.quick else "full"]

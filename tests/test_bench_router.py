@@ -1,5 +1,6 @@
 """bench_router's readings: each statistic on routes whose answer is known, and the hooks on a tiny model."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_router  # noqa: E402
+import harness  # noqa: E402
 from tiny_config import make_config  # noqa: E402
 
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
@@ -84,3 +86,24 @@ def test_the_probe_reads_every_moe_layer_over_the_real_tokens_only():
     first, second = probe("moe", model), probe("moe", model)
     assert [s["churn"] for s in first["routing"]] == [None] * sparse
     assert [s["churn"] for s in second["routing"]] == [0.0] * sparse  # nothing trained in between
+
+
+def results_file(tmp_path: Path, seed: int, **changed) -> Path:
+    routing = [{key: 0.5 for key in bench_router.STATISTICS} | {"id_chance": 0.1, "churn": None}]
+    curve = [{"step": step, "tokens": 100 * step, "eval_loss": 7.0 - step, "routing": routing} for step in (0, 1)]
+    payload = {key: "same" for key in bench_router.SAME_RUN} | changed
+    payload |= {"title": "Router diagnostics: ...; some machine.", "seeds": [seed], "machine": harness.machine(),
+                "runs": {str(seed): {"curve": curve}}}  # fmt: skip
+    path = tmp_path / f"seed{seed}.json"
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_seeds_of_one_run_combine_and_other_runs_are_refused(tmp_path):
+    bench_router.combine([results_file(tmp_path, 0), results_file(tmp_path, 1)], tmp_path / "both")
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert both["seeds"] == [0, 1] and set(both["runs"]) == {"0", "1"} and len(both["machine"]) == 2
+    assert (tmp_path / "both.png").stat().st_size > 0
+    other = results_file(tmp_path, 2, config_overrides="router_bias_on=logits")
+    with pytest.raises(SystemExit, match="config_overrides"):
+        bench_router.combine([results_file(tmp_path, 0), other], tmp_path / "mixed")
