@@ -12,6 +12,7 @@ from transformers import PreTrainedConfig
 
 ATTENTION_TYPES = ("mha", "gqa", "mla")
 MLP_LAYER_TYPES = ("sparse", "dense")
+ROUTER_BIAS_ON = ("probabilities", "logits")  # what loss-free balancing's bias is added to when choosing the top-k
 NORM_TYPES = ("dyt", "layernorm", "rmsnorm")
 MOE_IMPLEMENTATIONS = ("per_expert", "grouped_mm", "padded_bmm", "loop", "compiled_fallback")
 
@@ -50,7 +51,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     `intermediate_size`). The router is a softmax top-k without token dropping, trained with the
     ST-MoE router z-loss (`router_z_loss_coef`) and balanced by default without an auxiliary loss (DeepSeek-V3):
     with `router_bias_update_rate > 0` a per-expert bias, used only to choose the top-k, moves by that rate after
-    each optimizer step towards equal load (`model.update_router_biases()`, which `run_mlm.py` calls). The
+    each optimizer step towards equal load (`model.update_router_biases()`, which `run_mlm.py` calls); it is added to
+    the router's softmax probabilities (`router_bias_on="probabilities"`) or to its logits (`"logits"`). The
     Switch-Transformer load-balancing loss (`router_aux_loss_coef`, 0 by default) can be used with it or instead;
     `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training. The routing weights (renormalised
     to sum to 1 with `norm_topk_prob`) are multiplied by `routed_scaling_factor` (DeepSeek-V3's name; at 1.0, a mean
@@ -113,6 +115,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     router_z_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0
     router_bias_update_rate: float = 0.001
+    router_bias_on: str = "probabilities"
     num_shared_experts: int = 0
     moe_implementation: str | None = None
     hidden_act: str = "silu"
@@ -270,6 +273,8 @@ class SpanishMoEBertConfig(PreTrainedConfig):
             raise ValueError(f"`routed_scaling_factor` must be > 0, got {self.routed_scaling_factor}")
         if self.router_bias_update_rate < 0:
             raise ValueError(f"`router_bias_update_rate` must be >= 0 (0: off), got {self.router_bias_update_rate}")
+        if self.router_bias_on not in ROUTER_BIAS_ON:
+            raise ValueError(f"`router_bias_on` must be one of {list(ROUTER_BIAS_ON)}, got {self.router_bias_on!r}")
         shared = self.num_shared_experts
         if isinstance(shared, bool) or not isinstance(shared, int) or shared < 0:
             raise ValueError(f"`num_shared_experts` must be an integer >= 0, got {self.num_shared_experts!r}")

@@ -558,7 +558,8 @@ class SpanishMoEBertRouter(nn.Module):
     """Softmax top-k router. Returns fp32 logits, the chosen experts and their (renormalised) weights.
 
     With `router_bias_update_rate > 0` it balances without an auxiliary loss, as DeepSeek-V3 does: a per-expert bias
-    is added to the probabilities when choosing the top-k (never to the weights). Training forwards record their
+    is added to the probabilities (or, with `router_bias_on="logits"`, the logits) when choosing the top-k (never
+    to the weights). Training forwards record their
     expert load; `update_bias` (called once per optimizer step, by `model.update_router_biases()`) moves the bias
     by that rate towards equal load: up for experts below the mean load, down for those above. Not in the forward
     itself: gradient checkpointing re-runs the forward during backward, which must route exactly as the first time.
@@ -571,6 +572,7 @@ class SpanishMoEBertRouter(nn.Module):
         self.scaling_factor = config.routed_scaling_factor
         self.jitter_noise = config.router_jitter_noise
         self.bias_update_rate = config.router_bias_update_rate
+        self.bias_on_logits = config.router_bias_on == "logits"
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.register_buffer("expert_bias", torch.zeros(config.num_experts), persistent=self.bias_update_rate > 0)
         self.register_buffer("observed_load", torch.zeros(config.num_experts), persistent=False)  # last train forward
@@ -581,7 +583,8 @@ class SpanishMoEBertRouter(nn.Module):
         logits = F.linear(x.float(), self.weight.float())  # (T, E), fp32 for a stable softmax and z-loss
         probs = logits.softmax(dim=-1)
         if self.bias_update_rate > 0:
-            top_idx = (probs + self.expert_bias).topk(self.top_k, dim=-1).indices  # (T, k)
+            scores = logits if self.bias_on_logits else probs
+            top_idx = (scores + self.expert_bias).topk(self.top_k, dim=-1).indices  # (T, k)
             top_w = probs.gather(-1, top_idx)
         else:
             top_w, top_idx = probs.topk(self.top_k, dim=-1)
@@ -596,13 +599,13 @@ class SpanishMoEBertRouter(nn.Module):
         self.observed_load.copy_(tokens_per_expert)  # a copy, not a sum: a recomputed forward observes the same
 
     @torch.no_grad()
-    def update_bias(self) -> None:
+    def update_bias(self, rate_scale: float = 1.0) -> None:
         load = self.observed_load
         if dist.is_available() and dist.is_initialized():  # every process moves its bias by the global load
             load = load.clone()
             dist.all_reduce(load)
         # No load observed (all zeros) moves nothing: sign(0) = 0. No `if` on the tensor, which would wait for the GPU.
-        self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+        self.expert_bias += rate_scale * self.bias_update_rate * torch.sign(load.mean() - load)
         self.observed_load.zero_()
 
 
@@ -795,13 +798,13 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
             init.copy_(module.inv_freq, module.compute_inv_freq())
 
     @torch.no_grad()
-    def update_router_biases(self) -> None:
+    def update_router_biases(self, rate_scale: float = 1.0) -> None:
         """Auxiliary-loss-free balancing (`router_bias_update_rate > 0`): move every router's selection bias by the
-        expert load its last training forward saw. Call it once per optimizer step (`run_mlm.py` does, through
-        `RouterBiasCallback`); a no-op without loss-free balancing."""
+        expert load its last training forward saw, by `rate_scale` times the configured rate. Call it once per
+        optimizer step (`run_mlm.py` does, through `RouterBiasCallback`); a no-op without loss-free balancing."""
         for module in self.modules():
             if isinstance(module, SpanishMoEBertRouter) and module.bias_update_rate > 0:
-                module.update_bias()
+                module.update_bias(rate_scale)
 
     def dyt_statistics(
         self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None

@@ -60,6 +60,7 @@ def batch(vocab_size=2000, b=3, t=16, seed=0):
         (dict(embedding_multiplier=0.0), "embedding_multiplier"),
         (dict(moe_implementation="fast"), "moe_implementation"),
         (dict(routed_scaling_factor=0.0), "routed_scaling_factor"),
+        (dict(router_bias_on="weights"), "router_bias_on"),
     ],
 )
 def test_config_rejects_impossible_values_naming_the_field(kwargs, field):
@@ -341,6 +342,20 @@ def test_loss_free_balancing_moves_the_selection_bias_towards_equal_load():
     assert "router.expert_bias" in moe.state_dict()
 
 
+def test_the_balancing_bias_is_added_to_the_probabilities_or_to_the_logits():
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    chosen = {}
+    for space in ("probabilities", "logits"):
+        router = random_moe(router_bias_update_rate=0.01, router_bias_on=space).router
+        router.expert_bias[3] = 0.5  # larger than any probability gap, smaller than most logit gaps
+        logits, probs, top_w, chosen[space] = router(x)
+        scores = probs if space == "probabilities" else logits
+        assert torch.equal(chosen[space], (scores + router.expert_bias).topk(2, dim=-1).indices)
+        assert torch.allclose(top_w.sum(-1), torch.ones(64))  # the weights stay the router's, renormalised
+    assert (chosen["probabilities"] == 3).any(-1).all()  # every token takes expert 3
+    assert (chosen["logits"] == 3).any(-1).float().mean() < 0.9
+
+
 def test_shared_expert_adds_to_every_real_token():
     moe = random_moe(num_shared_experts=1)
     routed_only = random_moe()
@@ -478,6 +493,9 @@ def test_loss_free_balancing_updates_once_per_step_and_routes_alike_under_gradie
     assert torch.equal(routers[0].expert_bias, 0.01 * torch.sign(load.mean() - load))  # one step's move, not two
     model.update_router_biases()  # no forward since: nothing observed, nothing moves
     assert torch.equal(routers[0].expert_bias, 0.01 * torch.sign(load.mean() - load))
+    routers[0].observed_load.copy_(load)
+    model.update_router_biases(rate_scale=0.5)  # a slower step, as when the bias follows the learning rate's decay
+    assert torch.allclose(routers[0].expert_bias, 0.015 * torch.sign(load.mean() - load))
 
 
 def test_dyt_statistics_report_alpha_and_saturation():
