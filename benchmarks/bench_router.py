@@ -209,7 +209,7 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
 
 
 SAME_RUN = ("model_config", "config_overrides", "corpus", "steps", "seq_len", "batch_size", "lr", "schedule",
-            "mask_probability", "optimizer")  # fmt: skip
+            "mask_probability", "optimizer", "bias_follows_decay")  # fmt: skip
 
 
 def combine(paths: list[Path], output: Path) -> None:
@@ -243,6 +243,9 @@ def main():
     parser.add_argument("--schedule", choices=("linear", "wsd"), default="wsd")
     parser.add_argument("--warmup_fraction", type=float, default=DEFAULT_WARMUP_FRACTION)
     parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
+    parser.add_argument("--bias_follows_decay", action="store_true",
+                        help="after the warm-up, the balancing bias moves at its rate x the learning rate's share of "
+                        "its peak (slows and stops with the decay)")  # fmt: skip
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="writes OUTPUT.json and OUTPUT.png (default: results/bench_router[_quick])")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
@@ -275,11 +278,12 @@ def main():
         contender = harness.Contender(build=lambda: SpanishMoEBertForMaskedLM(config), schedule=args.schedule)
         runs[seed] = harness.train_side_by_side(
             {"moe": contender}, batches, eval_batches, steps=steps, eval_every=eval_every, lr=args.lr, seed=seed,
-            warmup_fraction=args.warmup_fraction, inspect=probe,
+            warmup_fraction=args.warmup_fraction, inspect=probe, bias_follows_decay=args.bias_follows_decay,
         )["moe"]  # fmt: skip
         print_tables(runs[seed], config.num_experts, config.num_experts_per_tok)
 
     shapes = Path(config_path).name + (f" + {args.config_overrides}" if args.config_overrides else "")
+    shapes += ", the bias following the decay" if args.bias_follows_decay else ""
     title = (f"Router diagnostics: {shapes} ({config.num_experts} experts, top-{config.num_experts_per_tok}), "
              f"masking {args.mask_probability:.0%}, {args.schedule} schedule, lr {args.lr:g}, warm-up "
              f"{args.warmup_fraction:.0%}, {steps} steps x {batch_size} x {seq_len} tokens of {corpus.name}, "
@@ -291,7 +295,8 @@ def main():
         "benchmark": "bench_router", "title": title, "model_config": Path(config_path).name,
         "config_overrides": args.config_overrides, "corpus": corpus.name, "steps": steps, "seq_len": seq_len,
         "batch_size": batch_size, "lr": args.lr, "schedule": args.schedule, "mask_probability": args.mask_probability,
-        "optimizer": optimizer_description(args.warmup_fraction), "seeds": args.seeds, "machine": harness.machine(),
+        "optimizer": optimizer_description(args.warmup_fraction), "bias_follows_decay": args.bias_follows_decay,
+        "seeds": args.seeds, "machine": harness.machine(),
         "runs": {str(seed): run for seed, run in runs.items()},
     }  # fmt: skip
     output.with_name(output.name + ".json").write_text(json.dumps(payload, indent=2) + "\n")

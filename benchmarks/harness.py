@@ -247,6 +247,7 @@ def train_side_by_side(
     seed: int = 0,
     log=print,
     inspect: Callable[[str, torch.nn.Module], dict] | None = None,
+    bias_follows_decay: bool = False,
 ) -> dict:
     """Train every contender (a `Contender`, or just a model factory) one step each in turn, on its batches in the
     same order, with AdamW, clipping at 1.0 and its schedule; evaluate all every `eval_every` steps. Wall time counts
@@ -254,7 +255,9 @@ def train_side_by_side(
     since the previous evaluation (so that overfitting shows). `expert_weight_decay`, when given, replaces
     `weight_decay` on the MoE experts' weights (the other parameters and models without experts keep it).
     `inspect(name, model)`, when given, runs after every evaluation (step 0 included, outside the timing) and its
-    dict joins that point of the curve (bench_router.py's routing statistics)."""
+    dict joins that point of the curve (bench_router.py's routing statistics). `bias_follows_decay`: after the
+    warm-up, loss-free balancing's bias moves at its rate times the learning rate's share of its peak (it slows
+    down and stops as the learning rate decays, as DeepSeek-V3 stops it for its last tokens)."""
     runs, prior_counts = {}, None
     warmup = max(1, int(steps * warmup_fraction))
     decay = (weight_decay, weight_decay if expert_weight_decay is None else expert_weight_decay)
@@ -289,7 +292,8 @@ def train_side_by_side(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             if hasattr(model, "update_router_biases"):  # loss-free balancing: once per optimizer step
-                model.update_router_biases()
+                decaying = bias_follows_decay and step >= warmup
+                model.update_router_biases(lr_factor(contender.schedule, step, steps, warmup) if decaying else 1.0)
             run["schedule"].step()
             optimizer.zero_grad(set_to_none=True)
             run["seconds"] += time.perf_counter() - began

@@ -107,3 +107,25 @@ def test_seeds_of_one_run_combine_and_other_runs_are_refused(tmp_path):
     other = results_file(tmp_path, 2, config_overrides="router_bias_on=logits")
     with pytest.raises(SystemExit, match="config_overrides"):
         bench_router.combine([results_file(tmp_path, 0), other], tmp_path / "mixed")
+
+
+@pytest.mark.parametrize("follows", [False, True])
+def test_the_balancing_bias_follows_the_learning_rate_decay_only_when_asked(follows):
+    config = make_config(router_bias_update_rate=0.01)
+    scales = []
+
+    def build():
+        model = SpanishMoEBertForMaskedLM(config)
+        update = model.update_router_biases
+        model.update_router_biases = lambda rate_scale=1.0: (scales.append(rate_scale), update(rate_scale))
+        return model
+
+    input_ids = torch.randint(5, config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 3] = input_ids[:, 3]
+    batches = [{"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}]
+    contender = harness.Contender(build=build, schedule="wsd", output_prior=False)
+    harness.train_side_by_side({"moe": contender}, batches, batches, steps=10, eval_every=10, warmup_fraction=0.2,
+                               bias_follows_decay=follows, log=lambda line: None)  # fmt: skip
+    # warm-up steps 0-1, constant through step 7, then the last 20% decay: factors 1.0 and 0.5 at steps 8 and 9
+    assert scales == ([1.0] * 8 + [1.0, 0.5] if follows else [1.0] * 10)
