@@ -559,10 +559,10 @@ class SpanishMoEBertRouter(nn.Module):
 
     With `router_bias_update_rate > 0` it balances without an auxiliary loss, as DeepSeek-V3 does: a per-expert bias
     is added to the probabilities (or, with `router_bias_on="logits"`, the logits) when choosing the top-k (never
-    to the weights). Training forwards record their
-    expert load; `update_bias` (called once per optimizer step, by `model.update_router_biases()`) moves the bias
-    by that rate towards equal load: up for experts below the mean load, down for those above. Not in the forward
-    itself: gradient checkpointing re-runs the forward during backward, which must route exactly as the first time.
+    to the weights). Training forwards record their expert load; `update_bias` (called once per optimizer step, by
+    `model.update_router_biases()`) moves the bias by that rate towards equal load: up for experts below the mean
+    load, down for those above. Not in the forward itself: gradient checkpointing re-runs the forward during
+    backward, which must route exactly as the first time.
     """
 
     def __init__(self, config: SpanishMoEBertConfig):
