@@ -458,11 +458,7 @@ def main():
     keep_freed_memory()
 
     corpus = args.corpus or harness.default_corpus(args.quick)
-    tokenizer = harness.train_tokenizer(8000, corpus)
-    config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128))
-    if args.config_overrides:
-        config.update_from_string(args.config_overrides)
-        config.validate_architecture()
+    tokenizer, config = harness.tokenizer_and_config(config_path, corpus, seq_len, args.config_overrides)
     if args.dropout is not None:
         config.hidden_dropout = args.dropout
     data = {

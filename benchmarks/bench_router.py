@@ -260,11 +260,7 @@ def main():
     steps, eval_every = args.steps or steps, args.eval_every or eval_every
     config_path = args.model_config or harness.REPO / "configs" / config_name
     corpus = args.corpus or harness.default_corpus(args.quick)
-    tokenizer = harness.train_tokenizer(8000, corpus)
-    config = harness.our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128))
-    if args.config_overrides:
-        config.update_from_string(args.config_overrides)
-        config.validate_architecture()
+    tokenizer, config = harness.tokenizer_and_config(config_path, corpus, seq_len, args.config_overrides)
     if not any(kind == "sparse" for kind in config.mlp_layer_types):
         parser.error("the config has no MoE layer: there is no router to read")
 

@@ -67,6 +67,17 @@ def our_config(path: str | Path, tokenizer, **overrides) -> SpanishMoEBertConfig
     return SpanishMoEBertConfig.from_dict(values)
 
 
+def tokenizer_and_config(config_path: str | Path, corpus: Path, seq_len: int, config_overrides: str = ""):
+    """The benchmark's tokenizer (trained on `corpus`) and our config at `config_path` for it, with positions for
+    `seq_len` and `config_overrides` (e.g. 'num_experts=64,router_bias_on=logits') applied and validated."""
+    tokenizer = train_tokenizer(8000, corpus)
+    config = our_config(config_path, tokenizer, max_position_embeddings=max(seq_len, 128))
+    if config_overrides:
+        config.update_from_string(config_overrides)
+        config.validate_architecture()
+    return tokenizer, config
+
+
 def modernbert_config(config: SpanishMoEBertConfig, tokenizer, dropout: float = 0.0) -> ModernBertConfig:
     """ModernBERT as designed (GeGLU, pre-LayerNorm, RoPE, local/global attention), at our shapes. `dropout`: on its
     attention (probabilities and output) and inside its MLP."""
