@@ -13,6 +13,7 @@ from transformers import PreTrainedConfig
 ATTENTION_TYPES = ("mha", "gqa", "mla")
 MLP_LAYER_TYPES = ("sparse", "dense")
 ROUTER_BIAS_ON = ("probabilities", "logits")  # what loss-free balancing's bias is added to when choosing the top-k
+ROUTER_SCORE_FUNCTIONS = ("softmax", "sigmoid")  # how the router turns its logits into scores
 NORM_TYPES = ("dyt", "layernorm", "rmsnorm")
 MOE_IMPLEMENTATIONS = ("per_expert", "grouped_mm", "padded_bmm", "loop", "compiled_fallback")
 
@@ -48,11 +49,12 @@ class SpanishMoEBertConfig(PreTrainedConfig):
 
     MoE: `mlp_layer_types[i]` is `"sparse"` (router + `num_experts` SwiGLU experts of width
     `moe_intermediate_size`, `num_experts_per_tok` active) or `"dense"` (one SwiGLU of width
-    `intermediate_size`). The router is a softmax top-k without token dropping, trained with the
+    `intermediate_size`). The router is a top-k without token dropping over softmax probabilities
+    (`router_score_function="softmax"`) or independent sigmoid scores (`"sigmoid"`, as DeepSeek-V3), trained with the
     ST-MoE router z-loss (`router_z_loss_coef`) and balanced by default without an auxiliary loss (DeepSeek-V3):
     with `router_bias_update_rate > 0` a per-expert bias, used only to choose the top-k, moves by that rate after
     each optimizer step towards equal load (`model.update_router_biases()`, which `run_mlm.py` calls); it is added to
-    the router's softmax probabilities (`router_bias_on="probabilities"`) or to its logits (`"logits"`). The
+    the router's scores (`router_bias_on="probabilities"`) or to its logits (`"logits"`). The
     Switch-Transformer load-balancing loss (`router_aux_loss_coef`, 0 by default) can be used with it or instead;
     `router_jitter_noise` multiplies router inputs by U(1-eps, 1+eps) in training. The routing weights (renormalised
     to sum to 1 with `norm_topk_prob`) are multiplied by `routed_scaling_factor` (DeepSeek-V3's name; at 1.0, a mean
@@ -116,6 +118,7 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     router_jitter_noise: float = 0.0
     router_bias_update_rate: float = 0.001
     router_bias_on: str = "probabilities"
+    router_score_function: str = "softmax"
     num_shared_experts: int = 0
     moe_implementation: str | None = None
     hidden_act: str = "silu"
@@ -275,6 +278,9 @@ class SpanishMoEBertConfig(PreTrainedConfig):
             raise ValueError(f"`router_bias_update_rate` must be >= 0 (0: off), got {self.router_bias_update_rate}")
         if self.router_bias_on not in ROUTER_BIAS_ON:
             raise ValueError(f"`router_bias_on` must be one of {list(ROUTER_BIAS_ON)}, got {self.router_bias_on!r}")
+        if self.router_score_function not in ROUTER_SCORE_FUNCTIONS:
+            allowed, got = list(ROUTER_SCORE_FUNCTIONS), self.router_score_function
+            raise ValueError(f"`router_score_function` must be one of {allowed}, got {got!r}")
         shared = self.num_shared_experts
         if isinstance(shared, bool) or not isinstance(shared, int) or shared < 0:
             raise ValueError(f"`num_shared_experts` must be an integer >= 0, got {self.num_shared_experts!r}")

@@ -555,10 +555,14 @@ class _SumRows(torch.autograd.Function):
 
 
 class SpanishMoEBertRouter(nn.Module):
-    """Softmax top-k router. Returns fp32 logits, the chosen experts and their (renormalised) weights.
+    """Top-k router. Returns fp32 logits, the probabilities, the chosen experts and their (renormalised) weights.
+
+    Its scores are softmax probabilities, or with `router_score_function="sigmoid"` one sigmoid per expert, as in
+    DeepSeek-V3: each expert's score no longer shrinks as the experts multiply. Then the probabilities it returns
+    (for the load-balancing loss and diagnostics) are the scores normalised to sum to 1.
 
     With `router_bias_update_rate > 0` it balances without an auxiliary loss, as DeepSeek-V3 does: a per-expert bias
-    is added to the probabilities (or, with `router_bias_on="logits"`, the logits) when choosing the top-k (never
+    is added to the scores (or, with `router_bias_on="logits"`, the logits) when choosing the top-k (never
     to the weights). Training forwards record their expert load; `update_bias` (called once per optimizer step, by
     `model.update_router_biases()`) moves the bias by that rate towards equal load: up for experts below the mean
     load, down for those above. Not in the forward itself: gradient checkpointing re-runs the forward during
@@ -573,6 +577,7 @@ class SpanishMoEBertRouter(nn.Module):
         self.jitter_noise = config.router_jitter_noise
         self.bias_update_rate = config.router_bias_update_rate
         self.bias_on_logits = config.router_bias_on == "logits"
+        self.sigmoid = config.router_score_function == "sigmoid"
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.register_buffer("expert_bias", torch.zeros(config.num_experts), persistent=self.bias_update_rate > 0)
         self.register_buffer("observed_load", torch.zeros(config.num_experts), persistent=False)  # last train forward
@@ -581,13 +586,14 @@ class SpanishMoEBertRouter(nn.Module):
         if self.training and self.jitter_noise > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
         logits = F.linear(x.float(), self.weight.float())  # (T, E), fp32 for a stable softmax and z-loss
-        probs = logits.softmax(dim=-1)
+        scores = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
+        probs = scores / scores.sum(dim=-1, keepdim=True) if self.sigmoid else scores
         if self.bias_update_rate > 0:
-            scores = logits if self.bias_on_logits else probs
-            top_idx = (scores + self.expert_bias).topk(self.top_k, dim=-1).indices  # (T, k)
-            top_w = probs.gather(-1, top_idx)
+            biased = (logits if self.bias_on_logits else scores) + self.expert_bias
+            top_idx = biased.topk(self.top_k, dim=-1).indices  # (T, k)
+            top_w = scores.gather(-1, top_idx)
         else:
-            top_w, top_idx = probs.topk(self.top_k, dim=-1)
+            top_w, top_idx = scores.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         if self.scaling_factor != 1.0:

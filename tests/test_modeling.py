@@ -61,6 +61,7 @@ def batch(vocab_size=2000, b=3, t=16, seed=0):
         (dict(moe_implementation="fast"), "moe_implementation"),
         (dict(routed_scaling_factor=0.0), "routed_scaling_factor"),
         (dict(router_bias_on="weights"), "router_bias_on"),
+        (dict(router_score_function="tanh"), "router_score_function"),
     ],
 )
 def test_config_rejects_impossible_values_naming_the_field(kwargs, field):
@@ -354,6 +355,22 @@ def test_the_balancing_bias_is_added_to_the_probabilities_or_to_the_logits():
         assert torch.allclose(top_w.sum(-1), torch.ones(64))  # the weights stay the router's, renormalised
     assert (chosen["probabilities"] == 3).any(-1).all()  # every token takes expert 3
     assert (chosen["logits"] == 3).any(-1).float().mean() < 0.9
+
+
+def test_the_sigmoid_router_scores_each_expert_alone_and_the_bias_moves_those_scores():
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    router = random_moe(router_bias_update_rate=0.01, router_score_function="sigmoid").router
+    logits, probs, top_w, top_idx = router(x)
+    scores = logits.sigmoid()
+    assert torch.equal(top_idx, scores.topk(2, dim=-1).indices)  # no bias yet: the two highest scores
+    assert torch.allclose(top_w, scores.gather(-1, top_idx) / scores.gather(-1, top_idx).sum(-1, keepdim=True))
+    assert torch.allclose(probs, scores / scores.sum(-1, keepdim=True))  # what the Switch loss and diagnostics read
+    assert not torch.allclose(probs, logits.softmax(-1), atol=1e-3)
+    router.expert_bias[3] = 0.5
+    _, _, top_w, biased = router(x)
+    assert torch.equal(biased, (scores + router.expert_bias).topk(2, dim=-1).indices)
+    assert 0.1 < (biased == 3).any(-1).float().mean() < 1.0 and (biased != top_idx).any()
+    assert torch.allclose(top_w.sum(-1), torch.ones(64))  # the weights stay the scores, renormalised
 
 
 def test_shared_expert_adds_to_every_real_token():
