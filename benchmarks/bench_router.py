@@ -202,7 +202,7 @@ def plot(runs: dict[int, dict], title: str, path: Path) -> None:
         ax.set_xlabel("tokens seen")
         ax.grid(alpha=0.3)
     seeds = list(runs)
-    others = f"; dashed: seeds {', '.join(map(str, seeds[1:]))}" if len(seeds) > 1 else ""
+    others = f"; dashed: seed{'s' * (len(seeds) > 2)} {', '.join(map(str, seeds[1:]))}" if len(seeds) > 1 else ""
     fig.suptitle("\n".join(textwrap.wrap(f"{title} Solid: seed {seeds[0]}{others}.", 170)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
