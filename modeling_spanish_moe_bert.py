@@ -586,8 +586,11 @@ class SpanishMoEBertRouter(nn.Module):
         if self.training and self.jitter_noise > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
         logits = F.linear(x.float(), self.weight.float())  # (T, E), fp32 for a stable softmax and z-loss
-        scores = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
-        probs = scores / scores.sum(dim=-1, keepdim=True) if self.sigmoid else scores
+        if self.sigmoid:
+            scores = logits.sigmoid()
+            probs = scores / scores.sum(dim=-1, keepdim=True)
+        else:
+            scores = probs = logits.softmax(dim=-1)
         if self.bias_update_rate > 0:
             biased = (logits if self.bias_on_logits else scores) + self.expert_bias
             top_idx = biased.topk(self.top_k, dim=-1).indices  # (T, k)
