@@ -3,6 +3,7 @@ STS), in one run.
 
     python evaluate_embeddings.py --model mlm=outputs/mini --model contrastive=outputs/mini-embed
     python evaluate_embeddings.py --model ours=DIR --queries q.jsonl --corpus c.jsonl --sts sts.jsonl
+    python evaluate_embeddings.py --model ours=DIR --hybrid     # also BM25 + each model, by reciprocal rank fusion
 
 Defaults to the bundled dev set (data/retrieval_dev). Prints a markdown table; --output_json saves it.
 Every model is a local folder, loaded without the Hub: a dense export (SentenceTransformer, cosine similarity) or a
@@ -42,13 +43,16 @@ def main(argv=None):
     )
     parser.add_argument("--sts", type=Path, default=None, help='JSONL {"sentence1", "sentence2", "score"}')
     parser.add_argument("--no_baselines", action="store_true", help="skip BM25 and all-MiniLM-L6-v2")
+    parser.add_argument(
+        "--hybrid", action="store_true", help="also rank BM25 fused with each model (reciprocal rank fusion, k=60)"
+    )
     parser.add_argument("--output_json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     corpus = args.corpus or (DEV_CORPUS if args.queries == DEV_QUERIES else None)
     retrieval = load_retrieval(args.queries, corpus)
     sts = load_sts(args.sts) if args.sts else None
-    systems = default_systems(dict(args.model), baselines=not args.no_baselines)
+    systems = default_systems(dict(args.model), baselines=not args.no_baselines, hybrid=args.hybrid)
     if not systems:
         parser.error("nothing to evaluate: give --model NAME=FOLDER or leave the baselines on")
     results = compare(systems, retrieval, sts)

@@ -8,8 +8,8 @@ Data (JSONL, one object per line; errors name the file, line and field):
 
 Metrics: nDCG@10, MRR@10 and recall@1 with binary relevance, and Spearman's rank correlation
 between predicted similarities and gold STS scores. Every system -- our model before and after the
-contrastive stage (dense vectors or sparse SPLADE word weights), BM25 (``bm25s``) and all-MiniLM-L6-v2 -- is
-ranked by the same metric code.
+contrastive stage (dense vectors or sparse SPLADE word weights), BM25 (``bm25s``), all-MiniLM-L6-v2, and hybrids
+of BM25 with a model (reciprocal rank fusion) -- is ranked by the same metric code.
 """
 
 from __future__ import annotations
@@ -186,6 +186,33 @@ class EmbeddingSystem:
         return (a * b).sum(axis=1).tolist()
 
 
+@dataclass
+class FusionSystem:
+    """Hybrid search: reciprocal rank fusion (Cormack, Clarke and Buettcher, 2009) of several systems' rankings.
+    A passage scores the sum over systems of ``1 / (k + rank)`` for each system that ranks it in its first
+    ``depth``; ``k = 60`` is the paper's constant, not tuned on our data, and scores are never mixed, so BM25's and
+    a model's scales need no calibration. No STS score."""
+
+    systems: Sequence
+    name: str = ""
+    k: int = 60
+    depth: int = 100
+
+    def __post_init__(self):
+        if len(self.systems) < 2:
+            raise ValueError(f"rank fusion needs at least two systems, got {len(self.systems)}")
+        self.name = self.name or " + ".join(s.name for s in self.systems) + " (RRF)"
+
+    def rank(self, queries: list[str], passages: list[str], k: int = K) -> list[list[int]]:
+        scores = np.zeros((len(queries), len(passages)))
+        for system in self.systems:
+            for query, ranking in enumerate(system.rank(queries, passages, k=min(self.depth, len(passages)))):
+                scores[query, ranking] += 1.0 / (self.k + 1 + np.arange(len(ranking)))
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k].tolist()
+
+    similarity = None
+
+
 def evaluate_system(system, retrieval: RetrievalSet | None = None, sts: STSSet | None = None) -> dict[str, float]:
     """The metrics of one system on the given sets; STS is skipped for systems that cannot score pairs."""
     results = {}
@@ -238,15 +265,19 @@ def load_sentence_transformer(path: str | os.PathLike, **kwargs):
     return model_class(str(path), trust_remote_code=True, device="cpu", local_files_only=True, **kwargs)
 
 
-def default_systems(models: dict[str, str | os.PathLike | object], baselines: bool = True) -> list:
-    """Our models (name -> folder or loaded SentenceTransformer) and, with ``baselines``, BM25 and MiniLM."""
-    systems = [
+def default_systems(
+    models: dict[str, str | os.PathLike | object], baselines: bool = True, hybrid: bool = False
+) -> list:
+    """Our models (name -> folder or loaded SentenceTransformer) and, with ``baselines``, BM25 and MiniLM; with
+    ``hybrid``, also BM25 fused with each model (MiniLM included), so that what a model adds to BM25 is compared."""
+    encoders = [
         EmbeddingSystem(m if not isinstance(m, (str, os.PathLike)) else load_sentence_transformer(m), name)
         for name, m in models.items()
     ]
     if baselines:
-        systems += [BM25System(), EmbeddingSystem(load_sentence_transformer(minilm_path()), "all-MiniLM-L6-v2")]
-    return systems
+        encoders.append(EmbeddingSystem(load_sentence_transformer(minilm_path()), "all-MiniLM-L6-v2"))
+    hybrids = [FusionSystem([BM25System(), encoder]) for encoder in encoders] if hybrid else []
+    return encoders[: len(models)] + ([BM25System()] if baselines else []) + encoders[len(models) :] + hybrids
 
 
 # ---------------------------------------------------------------------------------------------

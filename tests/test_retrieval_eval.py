@@ -15,7 +15,9 @@ from spanish_moe_bert.retrieval_eval import (  # noqa: E402
     DEV_QUERIES,
     BM25System,
     EmbeddingSystem,
+    FusionSystem,
     compare,
+    default_systems,
     eval_results_for_card,
     load_retrieval,
     load_sentence_transformer,
@@ -101,6 +103,45 @@ def test_sts_is_scored_by_embedding_systems_only(tmp_path):
     )
     results = compare([BM25System(), EmbeddingSystem(OneHotModel(), "one-hot")], sts=sts)
     assert results == {"BM25 (bm25s)": {}, "one-hot": {"sts_spearman": pytest.approx(math.sqrt(0.75))}}
+
+
+class FixedRanking:
+    """A stand-in system that ranks the passages in one fixed order for every query."""
+
+    def __init__(self, name, order):
+        self.name, self.order = name, order
+
+    def rank(self, queries, passages, k=10):
+        return [self.order[:k] for _ in queries]
+
+
+def test_rank_fusion_sums_reciprocal_ranks():
+    a, b = FixedRanking("a", [0, 1, 2, 3]), FixedRanking("b", [3, 1, 0])  # b does not rank passage 2
+    fused = FusionSystem([a, b])
+    assert fused.name == "a + b (RRF)"
+    # passage 1: 2/62 = 0.03226; 0: 1/61 + 1/63 = 0.03227; 3: 1/64 + 1/61 = 0.03202; 2: 1/63 only
+    assert fused.rank(["q1", "q2"], ["p0", "p1", "p2", "p3"]) == [[0, 1, 3, 2]] * 2
+    assert fused.rank(["q"], ["p0", "p1", "p2", "p3"], k=2) == [[0, 1]]
+    # only each system's first `depth` count: with depth 1, passage 0 (a's first) and 3 (b's first) tie, 0 first
+    assert FusionSystem([a, b], depth=1).rank(["q"], ["p0", "p1", "p2", "p3"], k=2) == [[0, 3]]
+    assert FusionSystem([a, a], name="twice").rank(["q"], ["p0", "p1", "p2", "p3"]) == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="at least two systems, got 1"):
+        FusionSystem([a])
+
+
+def test_hybrid_of_bm25_and_a_model_is_compared_with_both(tmp_path):
+    queries = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"query": "gato negro", "positive": "gato que duerme al sol en la ventana"},
+            {"query": "perro grande", "positive": "perro que ladra en el jardín de la casa"},
+        ],
+    )
+    data = load_retrieval(queries, write_jsonl(tmp_path / "c.jsonl", [{"text": "celda de una hoja de cálculo"}]))
+    systems = default_systems({"one-hot": OneHotModel()}, baselines=False, hybrid=True)
+    assert [s.name for s in systems] == ["one-hot", "BM25 (bm25s) + one-hot (RRF)"]
+    results = compare(systems, data)
+    assert results["BM25 (bm25s) + one-hot (RRF)"]["recall@1"] == 1.0
 
 
 @pytest.mark.parametrize(
