@@ -339,8 +339,11 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         compute_metrics=mlm_metrics if eval_dataset is not None else None,
         preprocess_logits_for_metrics=logits_to_predictions if eval_dataset is not None else None,
         callbacks=[
-            StreamStateCallback(train_stream), MaskingRateCallback(data_args.mlm_probability), RouterBiasCallback(),
-            disk_budget, *extra_callbacks,
+            StreamStateCallback(train_stream),
+            MaskingRateCallback(data_args.mlm_probability),
+            RouterBiasCallback(),
+            disk_budget,
+            *extra_callbacks,
         ],
     )
     try:

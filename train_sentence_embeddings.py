@@ -118,14 +118,18 @@ class EmbeddingArguments:
     )
     query_encoder: str | None = field(
         default=None,
-        metadata={"help": "Sparse: idf (the default; inference-free: a query is its word pieces weighted by their "
-                  "inverse document frequency in the training passages) or model (queries go through the SPLADE "
-                  "model too). Dense: model."},
+        metadata={
+            "help": "Sparse: idf (the default; inference-free: a query is its word pieces weighted by their "
+            "inverse document frequency in the training passages) or model (queries go through the SPLADE "
+            "model too). Dense: model."
+        },
     )
     train_queries_with_model: bool = field(
         default=False,
-        metadata={"help": "With --query_encoder idf: train as plain SPLADE (queries through the model too) and use "
-                  "idf queries for search only."},
+        metadata={
+            "help": "With --query_encoder idf: train as plain SPLADE (queries through the model too) and use "
+            "idf queries for search only."
+        },
     )
     pmi_threshold: float = field(
         default=6.0, metadata={"help": "Sparse: the pointwise mutual information (nats) a word needs for a weight."}
@@ -144,8 +148,10 @@ class EmbeddingArguments:
     mini_batch_size: int = field(default=16, metadata={"help": "GradCache mini-batch: bounds memory, not the batch."})
     scale: float | None = field(
         default=None,
-        metadata={"help": "Inverse temperature of the in-batch softmax (default 20 dense on cosines, 1 sparse on dot "
-                  "products)."},
+        metadata={
+            "help": "Inverse temperature of the in-batch softmax (default 20 dense on cosines, 1 sparse on dot "
+            "products)."
+        },
     )
     router_loss_weight: float = field(
         default=1.0,
@@ -404,13 +410,17 @@ def export_embedding_model(
     kinds += " and labelled pairs" if args.labelled_pairs else ""
     what = (
         f"a sparse retriever (SPLADE over pointwise mutual information, threshold {args.pmi_threshold:g} nats; "
-        "FLOPS sparsity regularisers)" if sparse else "sentence embeddings"
+        "FLOPS sparsity regularisers)"
+        if sparse
+        else "sentence embeddings"
     )
     if args.query_encoder == "idf":
         what += ", inference-free on the query side (a query is its word pieces weighted by their idf)"
         what += " for search; trained with the queries through the model" if args.train_queries_with_model else ""
-    head = "The MLM head was trained too: its logits are the word weights." if sparse else (
-        "The MLM head was not trained in this stage."
+    head = (
+        "The MLM head was trained too: its logits are the word weights."
+        if sparse
+        else ("The MLM head was not trained in this stage.")
     )
     stage = SentenceStage(
         encoder=encoder[0].model,
@@ -446,8 +456,14 @@ def argument_parser(training_class: type) -> HfArgumentParser:
     parser = HfArgumentParser((EmbeddingArguments, training_class))
     # In-batch negatives must not repeat an anchor's own text; small-CPU-friendly defaults otherwise.
     parser.set_defaults(
-        batch_sampler="no_duplicates", per_device_train_batch_size=64, learning_rate=5e-5, warmup_steps=0.1,
-        logging_steps=10, save_strategy="no", report_to="none", seed=42,
+        batch_sampler="no_duplicates",
+        per_device_train_batch_size=64,
+        learning_rate=5e-5,
+        warmup_steps=0.1,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        seed=42,
     )
     return parser
 

@@ -78,8 +78,11 @@ VARIANTS = {
     "all mla": ("attention", {"attention_pattern": ["mla"]}, {}),
     "8 experts": ("experts", {"num_experts": 8}, {}),  # mini.json's base until 2026-12-02
     "16 experts": ("experts", {"num_experts": 16}, {}),
-    "32 experts x 64, top-4": ("experts", {"num_experts": 32, "moe_intermediate_size": 64, "num_experts_per_tok": 4},
-                               {}),
+    "32 experts x 64, top-4": (
+        "experts",
+        {"num_experts": 32, "moe_intermediate_size": 64, "num_experts_per_tok": 4},
+        {},
+    ),
     "dyt output norms": ("dyt alpha", {"output_norm_type": None}, {}),
     "log-alpha multiplier 1": ("dyt alpha", {"dyt_log_alpha_multiplier": 1.0}, {}),
     "log-alpha multiplier 10": ("dyt alpha", {"dyt_log_alpha_multiplier": 10.0}, {}),

@@ -223,23 +223,31 @@ def main():
         if "peak_rss_increase_mb" in r:
             r["memory_vs_modernbert"] = r["peak_rss_increase_mb"] / max(reference["peak_rss_increase_mb"], 1e-9)
 
-    shape = f"H {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads, " \
+    shape = (
+        f"H {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
         f"{config.num_experts} experts top-{config.num_experts_per_tok} x {config.moe_intermediate_size}"
+    )
     title = (f"Encoder inference, {Path(config_path).name} ({shape}); {num_batches} batches of {args.batch_size} "
              f"paragraphs, {real_tokens:,} real tokens ({padded_tokens:,} with padding); median of {rounds} "
              f"interleaved rounds; {harness.machine_line()}")  # fmt: skip
     print(f"\n{title}\n")
-    print("| model | total params | active params | tokens/s | vs ModernBERT | vs moe (eager) "
-          "| peak RSS increase (range) | vs ModernBERT |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| model | total params | active params | tokens/s | vs ModernBERT | vs moe (eager) "
+        "| peak RSS increase (range) | vs ModernBERT |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
     for name, r in results.items():
         memory = "n/a | n/a"
         if "peak_rss_increase_mb" in r:
             runs = r["peak_rss_increase_mb_runs"]
-            memory = (f"{r['peak_rss_increase_mb']:.0f} MB ({min(runs):.0f}-{max(runs):.0f}) | "
-                      f"{r['memory_vs_modernbert']:.2f}x")
-        print(f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
-              f"{r['tokens_per_second']:,.0f} | {r['speed_vs_modernbert']:.2f}x | {r['speed_vs_moe_eager']:.2f}x | "
-              f"{memory} |")
+            memory = (
+                f"{r['peak_rss_increase_mb']:.0f} MB ({min(runs):.0f}-{max(runs):.0f}) | "
+                f"{r['memory_vs_modernbert']:.2f}x"
+            )
+        print(
+            f"| {name} | {r['total_parameters'] / 1e6:.2f}M | {r['active_parameters'] / 1e6:.2f}M | "
+            f"{r['tokens_per_second']:,.0f} | {r['speed_vs_modernbert']:.2f}x | {r['speed_vs_moe_eager']:.2f}x | "
+            f"{memory} |"
+        )
 
     output = harness.RESULTS / f"bench_encoder{'_quick' if args.quick else ''}.json"
     output.parent.mkdir(parents=True, exist_ok=True)

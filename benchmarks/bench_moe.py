@@ -229,8 +229,10 @@ def main():
     print("\n".join([header, *lines]))
     skipped = [t for t in tokens_list if batched_mm_bytes(config, t) > MAX_GATHER_BYTES]
     if skipped:
-        print(f"\nQwen3 batched_mm left out at {skipped} tokens: it would gather "
-              f"{batched_mm_bytes(config, max(skipped)) / 2**30:.0f} GiB of per-token expert weights.")
+        print(
+            f"\nQwen3 batched_mm left out at {skipped} tokens: it would gather "
+            f"{batched_mm_bytes(config, max(skipped)) / 2**30:.0f} GiB of per-token expert weights."
+        )
     suffix = ("_quick" if args.quick else "") + ("_default_allocator" if args.allocator == "default" else "")
     out = args.output or RESULTS / f"moe{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -133,8 +133,10 @@ def summarize(runs: dict[int, dict], reference: str = "modernbert") -> dict:
 
 
 def print_table(summary: dict, seeds: int) -> None:
-    print(f"| model | total params | active params | held-out loss, equal tokens (spread of {seeds}) | vs ModernBERT "
-          "| held-out loss, equal wall-clock (spread) | vs ModernBERT | train loss | masked acc | train tokens/s |")
+    print(
+        f"| model | total params | active params | held-out loss, equal tokens (spread of {seeds}) | vs ModernBERT "
+        "| held-out loss, equal wall-clock (spread) | vs ModernBERT | train loss | masked acc | train tokens/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, s in summary.items():
         tokens = f"{s['loss_equal_tokens']:.3f} ({s['spread_equal_tokens']:.3f})"
@@ -409,26 +411,40 @@ def main():
                         help="share of the steps spent warming the learning rate up from 0 to its peak")  # fmt: skip
     parser.add_argument("--mask_probability", type=float, default=0.3, help="training masking rate (eval: 15%%)")
     parser.add_argument(
-        "--models", nargs="*", choices=CONTENDERS,
+        "--models",
+        nargs="*",
+        choices=CONTENDERS,
         help="train only these (default: all four; modernbert is kept); none with --reference and --upcycle_at "
         "trains the upcycled MoE alone",
     )
     parser.add_argument("--dropout", type=float,
                         help="dropout on every contender (ours: hidden_dropout; ModernBERT: attention and MLP; "
                         "BERT: hidden and attention); default none")  # fmt: skip
-    parser.add_argument("--expert_weight_decay", type=float,
-                        help="AdamW weight decay of the MoE experts' weights (default: the 0.01 of all the others)")
+    parser.add_argument(
+        "--expert_weight_decay",
+        type=float,
+        help="AdamW weight decay of the MoE experts' weights (default: the 0.01 of all the others)",
+    )
     parser.add_argument("--upcycle_at", type=float, help="also train an upcycled MoE (dense for this share of steps)")
     parser.add_argument("--corpus", type=Path, help="text corpus (default: bundled in --quick, else the shared one)")
     parser.add_argument("--output", help="writes OUTPUT.json and OUTPUT.png (default: results/bench_quality[_quick])")
-    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
-                        help="combine earlier runs of one experiment at different seeds; trains nothing")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="combine earlier runs of one experiment at different seeds; trains nothing",
+    )
     parser.add_argument("--gather", type=gather_source, nargs="+", metavar="JSON[:NAME,...]",
                         help="one table of the models of earlier runs of the same data, budget and recipe, each at its "
                         "own learning rate (e.g. every model at its tuned rate); JSON:NAME,... takes only those "
                         "models from a file; trains nothing")  # fmt: skip
-    parser.add_argument("--reference", type=Path, metavar="JSON",
-                        help="take modernbert's runs from this earlier run of the same settings instead of training it")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="JSON",
+        help="take modernbert's runs from this earlier run of the same settings instead of training it",
+    )
     args = parser.parse_args()
     longest_warmup = 1 - harness.WSD_DECAY if args.schedule == "wsd" else 1.0
     if not 0 < args.warmup_fraction < longest_warmup:
@@ -497,6 +513,7 @@ def main():
     settings["models"] = list(runs[seeds[0]])
     output = Path(args.output or harness.RESULTS / f"bench_quality{'_quick' if args.quick else ''}")
     write(settings, runs, machines, output)
+
 
 if __name__ == "__main__":
     main()

@@ -145,9 +145,11 @@ def main():
         print("| model | total params | active params | tokens/s | vs ModernBERT | vs dense twin | in optimizer |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for name, m in r["results"].items():
-            print(f"| {name} | {m['total_parameters'] / 1e6:.2f}M | {m['active_parameters'] / 1e6:.2f}M | "
-                  f"{m['tokens_per_second']:,.0f} | {m['vs_modernbert']:.2f}x | {m['vs_dense_twin']:.2f}x | "
-                  f"{m['optimizer_share']:.0%} |")
+            print(
+                f"| {name} | {m['total_parameters'] / 1e6:.2f}M | {m['active_parameters'] / 1e6:.2f}M | "
+                f"{m['tokens_per_second']:,.0f} | {m['vs_modernbert']:.2f}x | {m['vs_dense_twin']:.2f}x | "
+                f"{m['optimizer_share']:.0%} |"
+            )
 
     output = Path(args.output or harness.RESULTS / f"bench_train{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -256,6 +256,7 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
         for backward in (False, True):
             seconds, errors = {}, {}
             for name, model in models.items():
+
                 def step(model=model):
                     xx = x.detach().requires_grad_(backward)
                     with torch.set_grad_enabled(backward):
@@ -263,6 +264,7 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
                         out = out[0] if isinstance(out, tuple) else out
                         if backward:
                             out.float().square().mean().backward()
+
                 try:
                     seconds[name] = median_seconds(step, device, repeats, warmup=1 if smoke else 2)
                 except (RuntimeError, NotImplementedError, ValueError) as error:  # OOM is a RuntimeError
@@ -279,8 +281,10 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
     print(table(["tokens", "pass", "contender", "ms", "× dense"],
                 [[r["tokens"], r["pass"], r["contender"], r["ms"], r.get("error") or r["x_dense"]]
                  for r in rows]))  # fmt: skip
-    shape = (f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
-             f"top-{config.num_experts_per_tok}")
+    shape = (
+        f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
+        f"top-{config.num_experts_per_tok}"
+    )
     write(output_dir, "moe", device, {"dtype": "bfloat16", "shape": shape, "rows": rows})
 
 
@@ -473,8 +477,10 @@ def run_run_mlm(device: torch.device, smoke: bool, output_dir: Path, corpus: Pat
     passed = worst <= (1e-4 if device.type == "cpu" else 2e-2)  # GPU kernels (atomics in attention backward) vary
     print(table(["step", "uninterrupted loss", "killed + resumed loss"],
                 [[s, f"{full[s]:.4f}", f"{resumed[s]:.4f}"] for s in after]))  # fmt: skip
-    print(f"largest difference after the resume: {worst:.2e} ({'ok' if passed else 'TOO LARGE'}); "
-          f"uninterrupted run {full_seconds:.0f} s, beside the run that was killed")
+    print(
+        f"largest difference after the resume: {worst:.2e} ({'ok' if passed else 'TOO LARGE'}); "
+        f"uninterrupted run {full_seconds:.0f} s, beside the run that was killed"
+    )
     payload = {
         "corpus": corpus.name,
         "resumed_from": start,
@@ -498,9 +504,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", type=Path, help="run_mlm's training file (default: shared corpus, else bundled)")
     parser.add_argument("--output_dir", type=Path, default=REPO / "benchmarks" / "results" / "gpu")
     parser.add_argument("--work_dir", type=Path, default=REPO / "outputs" / "gpu_suite")
-    parser.add_argument("--compile_backend", default="inductor",
-                        help="torch.compile's backend for the compiled checks and rows; the CPU smoke test uses "
-                             "aot_eager (Dynamo and AOTAutograd without Inductor's C++ codegen; faster on 2 cores)")
+    parser.add_argument(
+        "--compile_backend",
+        default="inductor",
+        help="torch.compile's backend for the compiled checks and rows; the CPU smoke test uses "
+        "aot_eager (Dynamo and AOTAutograd without Inductor's C++ codegen; faster on 2 cores)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     corpus = args.corpus or next(p for p in (REPO.parent / "shared" / "data" / "es_corpus.jsonl.gz",

@@ -89,9 +89,7 @@ def pack_documents(batch: dict, tokenizer: PreTrainedTokenizerBase, max_seq_leng
 
 def tokenize_lines(batch: dict, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> dict:
     """One example per document, truncated to `max_seq_length`; the collator pads."""
-    encoded = tokenizer(
-        batch["text"], truncation=True, max_length=max_seq_length, return_special_tokens_mask=True
-    )
+    encoded = tokenizer(batch["text"], truncation=True, max_length=max_seq_length, return_special_tokens_mask=True)
     return {key: encoded[key] for key in ("input_ids", "attention_mask", "special_tokens_mask")}
 
 

@@ -78,7 +78,6 @@ class HeldOutParagraphs:
         return [t for t in texts if not self.touches(t)]
 
 
-
 def build_dev_set(
     records: Iterable[dict],
     fraction: float = 0.15,

@@ -50,17 +50,32 @@ def exported(checkpoint, tmp_path_factory) -> Path:
 
 def test_folder_is_a_complete_hub_repo(exported):
     expected = {
-        "config.json", "model.safetensors", "configuration_spanish_moe_bert.py", "modeling_spanish_moe_bert.py",
-        "tokenization_spanish_moe_bert.py", "tokenizer.json", "tokenizer_config.json", "modules.json",
-        "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json", "README.md",
-        "training_loss.png", "expert_load.png",
+        "config.json",
+        "model.safetensors",
+        "configuration_spanish_moe_bert.py",
+        "modeling_spanish_moe_bert.py",
+        "tokenization_spanish_moe_bert.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "1_Pooling/config.json",
+        "README.md",
+        "training_loss.png",
+        "expert_load.png",
     }
     present = {str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file()}
     assert expected <= present
     assert not any(name.startswith(".staging-") for name in os.listdir(exported))
     auto_map = json.loads((exported / "config.json").read_text())["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM",
-                             "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
+    assert set(auto_map) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForMaskedLM",
+        "AutoModelForSequenceClassification",
+        "AutoModelForTokenClassification",
+    }
     assert "AutoTokenizer" in json.loads((exported / "tokenizer_config.json").read_text())["auto_map"]
     assert json.loads((exported / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "cosine"
     pooling = json.loads((exported / "1_Pooling/config.json").read_text())
@@ -74,15 +89,28 @@ def test_model_card_metadata_and_content(exported):
     card = ModelCard.load(exported / "README.md")
     data = card.data.to_dict()
     assert (data["language"], data["license"], data["library_name"], data["pipeline_tag"]) == (
-        "es", "apache-2.0", "transformers", "fill-mask")
+        "es",
+        "apache-2.0",
+        "transformers",
+        "fill-mask",
+    )
     assert {"sentence-transformers", "feature-extraction", "mixture-of-experts"} <= set(data["tags"])
     assert data["datasets"] == list(export.DEFAULT_DATASETS)
     assert data["widget"] and all("[MASK]" in example["text"] for example in data["widget"])
     metrics = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"loss": 6.5, "perplexity": 665.1416, "accuracy": 0.0625}
-    for text in ("trust_remote_code=True", 'pipeline("fill-mask"', "expert_load.png", "training_loss.png",
-                 "## Limitations", "## Citation", "| 6.5000 |", "hosted inference",
-                 "its `[CLS]` vector (`pooler_output`) is the sentence embedding", "alone are weak"):
+    for text in (
+        "trust_remote_code=True",
+        'pipeline("fill-mask"',
+        "expert_load.png",
+        "training_loss.png",
+        "## Limitations",
+        "## Citation",
+        "| 6.5000 |",
+        "hosted inference",
+        "its `[CLS]` vector (`pooler_output`) is the sentence embedding",
+        "alone are weak",
+    ):
         assert text in card.text, text
 
 
@@ -181,7 +209,11 @@ def test_hub_user_in_a_fresh_process(exported, tmp_path):
     script = tmp_path / "hub_user.py"
     script.write_text(HUB_USER)
     completed = subprocess.run(
-        [sys.executable, "-P", str(script), str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-P", str(script), str(folder)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

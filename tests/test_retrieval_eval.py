@@ -193,7 +193,11 @@ def test_metrics_agree_with_sentence_transformers_information_retrieval_evaluato
         queries={str(i): q for i, q in enumerate(queries)},
         corpus={str(i): p for i, p in enumerate(passages)},
         relevant_docs={str(i): {str(j) for j in rel} for i, rel in enumerate(relevant)},
-        ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[1], map_at_k=[10],
+        ndcg_at_k=[10],
+        mrr_at_k=[10],
+        accuracy_at_k=[1],
+        precision_recall_at_k=[1],
+        map_at_k=[10],
         score_functions={"cosine": cos_sim},
         name="dev",
     )(model)

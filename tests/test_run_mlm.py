@@ -135,9 +135,19 @@ def test_precision_flags_on_a_machine_without_cuda(tmp_path, monkeypatch):
 def test_train_evaluate_save(tmp_path, tokenizer_dir):
     output_dir = tmp_path / "run"
     metrics = run_mlm.main(
-        run_args(output_dir, tokenizer_dir, max_steps=6, save_steps=3, eval_strategy="steps", eval_steps=3,
-                 report_to="tensorboard", do_eval="true", gradient_accumulation_steps=2,
-                 mlm_probability=0.2, config_overrides="router_bias_update_rate=0.01")  # fmt: skip
+        run_args(
+            output_dir,
+            tokenizer_dir,
+            max_steps=6,
+            save_steps=3,
+            eval_strategy="steps",
+            eval_steps=3,
+            report_to="tensorboard",
+            do_eval="true",
+            gradient_accumulation_steps=2,
+            mlm_probability=0.2,
+            config_overrides="router_bias_update_rate=0.01",
+        )  # fmt: skip
     )
     for key in ("eval_loss", "eval_mlm_loss", "eval_accuracy", "eval_perplexity", "train_loss"):
         assert math.isfinite(metrics[key])
@@ -195,8 +205,16 @@ def test_trains_its_own_tokenizer_when_none_is_given(tmp_path):
 def test_console_shows_the_summary_and_tensorboard_every_metric(tmp_path, tokenizer_dir, capsys, disable_tqdm):
     output_dir = tmp_path / "run"
     run_mlm.main(
-        run_args(output_dir, tokenizer_dir, max_steps=2, eval_strategy="steps", eval_steps=2, do_eval="true",
-                 report_to="tensorboard", disable_tqdm=disable_tqdm)  # fmt: skip
+        run_args(
+            output_dir,
+            tokenizer_dir,
+            max_steps=2,
+            eval_strategy="steps",
+            eval_steps=2,
+            do_eval="true",
+            report_to="tensorboard",
+            disable_tqdm=disable_tqdm,
+        )  # fmt: skip
     )
     printed = [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     train_lines = [line for line in printed if "loss" in line]
@@ -255,7 +273,12 @@ def test_bad_record_mid_stream_names_file_and_line_and_keeps_checkpoints(tmp_pat
     output_dir = tmp_path / "run"
     # The output-prior pass reads only the first blocks, so the bad record is met mid-training.
     args = run_args(
-        output_dir, tokenizer_dir, max_steps=200, save_steps=3, validation_split_percentage=0, map_batch_size=10,
+        output_dir,
+        tokenizer_dir,
+        max_steps=200,
+        save_steps=3,
+        validation_split_percentage=0,
+        map_batch_size=10,
         output_prior_examples=2,
     )
     args[args.index("--train_file") + 1 : args.index("--train_file") + 2] = [str(good), str(bad)]

@@ -252,6 +252,7 @@ def test_resume_refuses_another_process_count_and_cpu_processes_on_old_transform
     import spanish_moe_bert.resume
 
     transformers = spanish_moe_bert.resume.transformers  # the module it reads the version of
+
     def stream():
         return ResumableStream(tokenize_stream(local_documents([documents_file(tmp_path)]), tokenizer, 16))
 

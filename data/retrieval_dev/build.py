@@ -1,6 +1,6 @@
 """Rebuild this dev set from the shared corpus (deterministic: documents are held out by a hash of their text).
 
-    python data/retrieval_dev/build.py --corpus ../shared/data/es_corpus.jsonl.gz
+python data/retrieval_dev/build.py --corpus ../shared/data/es_corpus.jsonl.gz
 """
 
 import argparse
