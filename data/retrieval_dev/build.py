@@ -1,6 +1,8 @@
-"""Rebuild this dev set from the shared corpus (deterministic: documents are held out by a hash of their text).
+"""Rebuild this dev set from the shared corpus:
 
-python data/retrieval_dev/build.py --corpus ../shared/data/es_corpus.jsonl.gz
+    python data/retrieval_dev/build.py --corpus ../shared/data/es_corpus.jsonl.gz
+
+Deterministic: documents are held out by a hash of their text.
 """
 
 import argparse
