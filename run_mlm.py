@@ -86,6 +86,10 @@ class ModelArguments:
     tokenizer_training_documents: int = field(
         default=100_000, metadata={"help": "How many training documents a tokenizer trained here reads."}
     )
+    tokenizer_lowercase: bool = field(
+        default=False,
+        metadata={"help": "Make a tokenizer trained here uncased: every text lower-cased, accents kept."},
+    )
     output_prior_examples: int = field(
         default=2000,
         metadata={
@@ -247,9 +251,15 @@ def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments,
         if not (output_dir / "tokenizer_config.json").is_file():
             from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 
-            logger.info(f"training a {model_args.tokenizer_vocab_size}-token tokenizer on the training documents")
+            kind = "uncased" if model_args.tokenizer_lowercase else "cased"
+            logger.info(
+                f"training a {model_args.tokenizer_vocab_size}-token {kind} tokenizer on the training documents"
+            )
             texts = (doc["text"] for doc in islice(train_documents, model_args.tokenizer_training_documents))
-            SpanishSPMTokenizer.train_new(texts, vocab_size=model_args.tokenizer_vocab_size).save_pretrained(output_dir)
+            tokenizer = SpanishSPMTokenizer.train_new(
+                texts, vocab_size=model_args.tokenizer_vocab_size, lowercase=model_args.tokenizer_lowercase
+            )
+            tokenizer.save_pretrained(output_dir)
         return AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
 
 

@@ -13,7 +13,9 @@ installed libraries. Two classes share one vocabulary:
 Pipeline (identical in both):
 
 1. Normalization: Unicode NFC only. Case, accents, "ñ", "¿" and "¡" are kept (Spanish needs them);
-   NFC makes "e" + U+0301 and the precomposed "é" the same token.
+   NFC makes "e" + U+0301 and the precomposed "é" the same token. An *uncased* tokenizer
+   (``train_new(lowercase=True)``, saved with ``"do_lower_case": true``) then lower-cases every character
+   on its own (``str.lower`` per character, as the Rust ``Lowercase`` normalizer does); accents stay.
 2. Whitespace, SentencePiece style: every " " becomes "▁" and one "▁" is prepended to a text that does
    not already start with " " or "▁". Newlines and tabs are ordinary characters.
 3. Punctuation apart: each punctuation character (Unicode category P: "," "." "¿" "(" ...) is a word of its
@@ -27,11 +29,12 @@ Pipeline (identical in both):
    and the masked word is predicted with its own leading "▁", as in MLM pre-training.
 
 Round trip: ``decode(encode(x), skip_special_tokens=True) == unicodedata.normalize("NFC", x)``
-for every string ``x`` except that (a) one leading space of ``x`` is dropped (the space that marks the
-first word, as in every SentencePiece tokenizer with a dummy prefix), (b) a literal "▁" (U+2581)
-in ``x`` decodes as a space and (c) the literal text of a special token ("[CLS]", "[MASK]", ...) is
-encoded as that special token, so ``skip_special_tokens=True`` removes it. Strings with lone
-surrogates (not valid Unicode text) are rejected with a ``ValueError``.
+(lower-cased per character by an uncased tokenizer) for every string ``x`` except that (a) one leading
+space of ``x`` is dropped (the space that marks the first word, as in every SentencePiece tokenizer
+with a dummy prefix), (b) a literal "▁" (U+2581) in ``x`` decodes as a space and (c) the literal text
+of a special token ("[CLS]", "[MASK]", ...) is encoded as that special token, so
+``skip_special_tokens=True`` removes it. Strings with lone surrogates (not valid Unicode text) are
+rejected with a ``ValueError``.
 
 ``encode`` keeps its Hugging Face meaning (a list of ids, or a ``[1, length]`` tensor with
 ``return_tensors="pt"``). For a dict with ``input_ids``, ``token_type_ids`` and ``attention_mask``,
@@ -83,10 +86,14 @@ def _special_added_tokens() -> dict[str, AddedToken]:
     }
 
 
-def _build_backend(vocab: dict[str, int] | None = None, merges: list[tuple[str, str]] | None = None) -> Tokenizer:
+def _build_backend(
+    vocab: dict[str, int] | None = None, merges: list[tuple[str, str]] | None = None, lowercase: bool = False
+) -> Tokenizer:
     """The ``tokenizers`` pipeline described in the module docstring (empty model when training)."""
     tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.normalizer = (
+        normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()]) if lowercase else normalizers.NFC()
+    )
     # split=True runs BPE word by word (pieces never contain an inner "▁"), which also lets the
     # Rust BPE cache words; prepend_scheme="first" adds the dummy "▁" only at the start of the text,
     # not after a special token. Then every punctuation character becomes a word of its own (with
@@ -134,6 +141,12 @@ def _batches(texts: Iterator[str], size: int = 1000) -> Iterator[list[str]]:
         yield batch
 
 
+def _lowercase(text: str) -> str:
+    """Every character lower-cased on its own, as the Rust ``Lowercase`` normalizer does (``str.lower`` of the
+    whole text differs only for a final "Σ", which it makes "ς" from context)."""
+    return "".join(map(str.lower, text))
+
+
 def _sentencepiece_model_bytes(tokenizer: Tokenizer, spm_pb2) -> bytes:
     """Serialize the BPE vocabulary as a SentencePiece ``ModelProto`` with the same segmentation.
 
@@ -141,8 +154,8 @@ def _sentencepiece_model_bytes(tokenizer: Tokenizer, spm_pb2) -> bytes:
     score; giving each learned piece the score ``-merge_rank`` replays the merge order of the
     ``tokenizers`` model. The two can differ only where SentencePiece builds a piece from another
     split than the learned merge (e.g. "a"+"bc" instead of "ab"+"c"); this never happened on the
-    45,541 paragraphs of the shared corpus (see benchmarks/bench_tokenizer.py). Normalization (NFC)
-    is not stored: the model uses the identity rule and the caller normalizes, as
+    45,541 paragraphs of the shared corpus (see benchmarks/bench_tokenizer.py). Normalization (NFC,
+    lower-casing) is not stored: the model uses the identity rule and the caller normalizes, as
     :class:`SpanishSPMTokenizerSlow` does. ``spm_pb2`` is SentencePiece's ``sentencepiece_model_pb2``.
     """
     model = json.loads(tokenizer.to_str())["model"]
@@ -195,6 +208,7 @@ class SpanishSPMTokenizer(TokenizersBackend):
         max_documents: int | None = None,
         text_column: str = "text",
         model_max_length: int = MODEL_MAX_LENGTH,
+        lowercase: bool = False,
         show_progress: bool = False,
     ) -> SpanishSPMTokenizer:
         """Train a new tokenizer of ``vocab_size`` tokens and return it.
@@ -214,6 +228,8 @@ class SpanishSPMTokenizer(TokenizersBackend):
             max_documents: read at most this many texts.
             text_column: JSON field holding the text in ``.jsonl`` files.
             model_max_length: longest sequence the model accepts (truncation target).
+            lowercase: make an uncased tokenizer: every text is lower-cased, in training and in use (saved as
+                ``do_lower_case``). Special tokens are matched before it, so "[MASK]" stays the mask.
         """
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
             raise ValueError(f"vocab_size must be an integer >= {MIN_VOCAB_SIZE}, got {vocab_size!r}")
@@ -238,7 +254,7 @@ class SpanishSPMTokenizer(TokenizersBackend):
             limit_alphabet=min(limit_alphabet, learned_budget // 2),
             show_progress=show_progress,
         )
-        backend = _build_backend()
+        backend = _build_backend(lowercase=lowercase)
         backend.train_from_iterator(_batches(_checked_texts(texts)), trainer=trainer)
         trained = json.loads(backend.to_str())["model"]
         if not trained["vocab"]:
@@ -251,10 +267,17 @@ class SpanishSPMTokenizer(TokenizersBackend):
         merges = [tuple(pair) for pair in trained["merges"] if reserved.isdisjoint((*pair, "".join(pair)))]
         if len(vocab) < vocab_size:
             logger.warning(f"the corpus yields only {len(vocab)} of the {vocab_size} tokens asked for")
-        backend = _build_backend(vocab, merges)
+        backend = _build_backend(vocab, merges, lowercase)
         special_tokens = _special_added_tokens()
         backend.add_special_tokens(list(special_tokens.values()))
-        return cls(tokenizer_object=backend, model_max_length=model_max_length, **special_tokens)
+        return cls(
+            tokenizer_object=backend, model_max_length=model_max_length, do_lower_case=lowercase, **special_tokens
+        )
+
+    @property
+    def do_lower_case(self) -> bool:
+        """Whether this tokenizer is uncased (``train_new(lowercase=True)``; its normalizer lower-cases)."""
+        return bool(self.init_kwargs.get("do_lower_case", False))
 
     @classmethod
     def _from_pretrained(cls, resolved_vocab_files, pretrained_model_name_or_path, *args, **kwargs):
@@ -323,10 +346,12 @@ class SpanishSPMTokenizerSlow(SentencePieceBackend):
         # legacy=False turns SentencePiece's own dummy prefix off: prepare_for_tokenization adds
         # it, only at the start of the text, as the fast pipeline does.
         kwargs["legacy"] = False
+        kwargs.setdefault("do_lower_case", False)  # what the fast tokenizer's tokenizer_config.json says
         try:
             super().__init__(vocab_file=vocab_file, **kwargs)
         except (OSError, RuntimeError) as err:
             raise ValueError(f"{vocab_file} is not a valid SentencePiece model: {err}") from err
+        self.do_lower_case = bool(kwargs["do_lower_case"])
 
     def prepare_for_tokenization(self, text, is_split_into_words=False, **kwargs):
         _raise_on_lone_surrogate(text)
@@ -336,7 +361,8 @@ class SpanishSPMTokenizerSlow(SentencePieceBackend):
         return text, kwargs
 
     def _tokenize(self, text, **kwargs):
-        return self.sp_model.encode(unicodedata.normalize("NFC", text), out_type=str)
+        text = unicodedata.normalize("NFC", text)
+        return self.sp_model.encode(_lowercase(text) if self.do_lower_case else text, out_type=str)
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         """Decode pieces (bytes included) with SentencePiece, keep special tokens verbatim."""

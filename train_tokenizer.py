@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_documents", type=int, default=None, help="read at most this many documents")
     parser.add_argument("--vocab_size", type=int, default=50000)
     parser.add_argument("--min_frequency", type=int, default=2)
+    parser.add_argument(
+        "--lowercase", action="store_true", help="an uncased tokenizer: lower-case every text (accents stay)"
+    )
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--overwrite_output_dir", action="store_true", help="replace a tokenizer already there")
     return parser.parse_args(argv)
@@ -56,11 +59,16 @@ def main(argv: list[str] | None = None) -> SpanishSPMTokenizer:
 
     start = time.perf_counter()
     tokenizer = SpanishSPMTokenizer.train_new(
-        texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency, show_progress=sys.stderr.isatty()
+        texts,
+        vocab_size=args.vocab_size,
+        min_frequency=args.min_frequency,
+        lowercase=args.lowercase,
+        show_progress=sys.stderr.isatty(),
     )
     seconds = time.perf_counter() - start
     tokenizer.save_pretrained(args.output_dir)
-    print(f"trained a {len(tokenizer)}-token tokenizer on {source} in {seconds:.1f} s")
+    kind = "uncased" if args.lowercase else "cased"
+    print(f"trained a {len(tokenizer)}-token {kind} tokenizer on {source} in {seconds:.1f} s")
     print(f"saved {', '.join(sorted(os.listdir(args.output_dir)))} to {args.output_dir}")
     return tokenizer
 

@@ -388,6 +388,7 @@ def write_model_card(
 ) -> None:
     """README.md from hub_card/model_card_template.md with ModelCardData metadata."""
     mask = tokenizer.mask_token
+    case = "uncased: text is lower-cased" if getattr(tokenizer, "do_lower_case", False) else "cased"
     fill_mask_widget = [{"text": sentence.format(mask=mask)} for sentence in WIDGET_SENTENCES]
     eval_rows, model_index = [], []
     if eval_results:
@@ -449,7 +450,7 @@ def write_model_card(
         ("expert / dense feed-forward width", f"{config.moe_intermediate_size} / {config.intermediate_size}"),
         ("normalization", config.norm_type),
         ("position encoding", f"rotary (θ = {config.rope_theta:g})"),
-        ("vocabulary", f"{config.vocab_size:,} (SentencePiece-compatible, mask token `{mask}`)"),
+        ("vocabulary", f"{config.vocab_size:,} ({case}, SentencePiece-compatible, mask token `{mask}`)"),
         ("max sequence length", config.max_position_embeddings),
     ]
     training_rows = []

@@ -110,8 +110,17 @@ def test_model_card_metadata_and_content(exported):
         "hosted inference",
         "its `[CLS]` vector (`pooler_output`) is the sentence embedding",
         "alone are weak",
+        "| 2,000 (cased, SentencePiece-compatible",
     ):
         assert text in card.text, text
+
+
+def test_card_says_when_the_tokenizer_is_uncased(checkpoint, tmp_path):
+    uncased = shutil.copytree(checkpoint, tmp_path / "uncased")
+    texts = CORPUS.read_text(encoding="utf-8").splitlines()
+    SpanishSPMTokenizer.train_new(texts, vocab_size=2000, lowercase=True).save_pretrained(uncased)
+    card = (export.export_model(uncased, tmp_path / "hub") / "README.md").read_text()
+    assert "| 2,000 (uncased: text is lower-cased, SentencePiece-compatible" in card
 
 
 def test_re_export_keeps_the_datasets_the_checkpoint_card_names(checkpoint, tmp_path):

@@ -192,12 +192,22 @@ def test_torch_compile_trains_the_same_losses_as_eager(tmp_path, tokenizer_dir, 
         assert compiled[step] == pytest.approx(loss, abs=1e-4), step
 
 
-def test_trains_its_own_tokenizer_when_none_is_given(tmp_path):
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_trains_its_own_tokenizer_when_none_is_given(tmp_path, lowercase):
     output_dir = tmp_path / "run"
-    args = run_args(output_dir, None, max_steps=2, tokenizer_vocab_size=600, tokenizer_training_documents=1000)
+    args = run_args(
+        output_dir,
+        None,
+        max_steps=2,
+        tokenizer_vocab_size=600,
+        tokenizer_training_documents=1000,
+        tokenizer_lowercase=str(lowercase).lower(),
+    )
     del args[args.index("--tokenizer_name") : args.index("--tokenizer_name") + 2]
     run_mlm.main(args)
-    assert len(AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)) == 600
+    tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
+    assert len(tokenizer) == 600 and tokenizer.do_lower_case == lowercase
+    assert (tokenizer.tokenize("EL ÁRBOL") == tokenizer.tokenize("el árbol")) == lowercase
     assert SpanishMoEBertForMaskedLM.from_pretrained(output_dir).config.vocab_size == 600
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from transformers import AutoTokenizer
 
 import train_tokenizer
 from spanish_moe_bert.corpus import iter_texts
@@ -293,10 +294,73 @@ def test_cli_trains_saves_and_refuses_to_overwrite(tmp_path, capsys):
     output_dir = tmp_path / "tok"
     args = ["--train_file", str(SAMPLE), "--vocab_size", "800", "--output_dir", str(output_dir)]
     tokenizer = train_tokenizer.main(args)
-    assert len(tokenizer) == 800 and "800-token tokenizer" in capsys.readouterr().out
+    assert len(tokenizer) == 800 and "800-token cased tokenizer" in capsys.readouterr().out
     assert SpanishSPMTokenizer.from_pretrained(output_dir).get_vocab() == tokenizer.get_vocab()
 
     saved = (output_dir / "tokenizer.json").read_bytes()
     with pytest.raises(SystemExit, match="already exists"):
         train_tokenizer.main([*args[:3], "900", *args[4:]])
     assert (output_dir / "tokenizer.json").read_bytes() == saved
+
+
+# ---------------------------------------------------------------------------------------------
+# An uncased tokenizer (train_new(lowercase=True), train_tokenizer.py --lowercase, run_mlm.py --tokenizer_lowercase)
+
+CASE_TEXTS = ["ÑANDÚ, Árbol y ÉL", "ñandú, árbol y él", "El [MASK] DE LA Casa", "İSTANBUL ΟΔΟΣ Σ", "ǅemal ẞ Ǉ"]
+
+
+def lowercase_each_character(text: str) -> str:
+    return "".join(character.lower() for character in text)
+
+
+@pytest.fixture(scope="session")
+def uncased_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("uncased")
+    SpanishSPMTokenizer.train_new(SAMPLE, vocab_size=VOCAB_SIZE, lowercase=True).save_pretrained(directory)
+    return directory
+
+
+def test_uncased_tokenizer_learns_and_gives_only_lower_case_pieces(uncased_dir, tokenizer):
+    uncased = AutoTokenizer.from_pretrained(uncased_dir, trust_remote_code=True)
+    assert uncased.do_lower_case and not tokenizer.do_lower_case
+    assert json.loads((uncased_dir / "tokenizer_config.json").read_text())["do_lower_case"] is True
+    learned = [token for token in uncased.get_vocab() if token not in RESERVED_TOKENS]
+    assert len(learned) == VOCAB_SIZE - len(RESERVED_TOKENS)
+    assert [token for token in learned if token != token.lower()] == []
+    assert any(token != token.lower() for token in tokenizer.get_vocab())  # the cased one has capitals
+    # Case folds, accents and "ñ" stay, the special tokens are matched before lower-casing.
+    assert uncased.tokenize(CASE_TEXTS[0]) == uncased.tokenize(CASE_TEXTS[1])
+    assert "ñ" in "".join(uncased.tokenize(CASE_TEXTS[0])) and "á" in "".join(uncased.tokenize(CASE_TEXTS[0]))
+    ids = uncased(CASE_TEXTS[2])["input_ids"]
+    assert ids.count(uncased.mask_token_id) == 1 and ids == uncased("el [MASK] de la casa")["input_ids"]
+
+
+@pytest.mark.parametrize("text", CASE_TEXTS + EDGE_TEXTS)
+def test_uncased_round_trip_is_the_lower_cased_text(uncased_dir, text):
+    uncased = SpanishSPMTokenizer.from_pretrained(uncased_dir)
+    ids = uncased.encode(text.replace("[MASK]", "máscara"))
+    assert uncased.unk_token_id not in ids
+    decoded = uncased.decode(ids, skip_special_tokens=True)
+    assert decoded == lowercase_each_character(expected_round_trip(text.replace("[MASK]", "máscara")))
+
+
+def test_uncased_fast_and_slow_give_identical_ids(uncased_dir):
+    fast = SpanishSPMTokenizer.from_pretrained(uncased_dir)
+    slow = SpanishSPMTokenizerSlow.from_pretrained(uncased_dir)
+    assert slow.do_lower_case
+    # The dev set's 834 passages and queries (menus, function names, a Bible in capitals here and there).
+    texts = [*iter_texts(RETRIEVAL_DEV / "corpus.jsonl"), *iter_texts(RETRIEVAL_DEV / "queries.jsonl", "query")]
+    assert len(texts) == 834 and sum(text != text.lower() for text in texts) > 700
+    texts += [*CASE_TEXTS, *EDGE_TEXTS]
+    fast_ids, slow_ids = fast(texts)["input_ids"], slow(texts)["input_ids"]
+    assert [text for text, a, b in zip(texts, fast_ids, slow_ids) if a != b] == []
+
+
+def test_cli_makes_an_uncased_tokenizer(tmp_path, capsys):
+    output_dir = tmp_path / "tok"
+    train_tokenizer.main(
+        ["--train_file", str(SAMPLE), "--vocab_size", "800", "--output_dir", str(output_dir), "--lowercase"]
+    )
+    assert "800-token uncased tokenizer" in capsys.readouterr().out
+    uncased = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
+    assert uncased.do_lower_case and uncased.tokenize("ÁRBOL Y CASA") == uncased.tokenize("árbol y casa")
