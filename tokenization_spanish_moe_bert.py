@@ -276,8 +276,11 @@ class SpanishSPMTokenizer(TokenizersBackend):
 
     @property
     def do_lower_case(self) -> bool:
-        """Whether this tokenizer is uncased (``train_new(lowercase=True)``; its normalizer lower-cases)."""
-        return bool(self.init_kwargs.get("do_lower_case", False))
+        """Whether this tokenizer is uncased (``train_new(lowercase=True)``), read from what lower-cases: the
+        normalizer of ``tokenizer.json``. (``tokenizer_config.json`` records it too, for the slow tokenizer.)"""
+        normalizer = self.backend_tokenizer.normalizer
+        state = json.loads(normalizer.__getstate__()) if normalizer is not None else {}
+        return any(step.get("type") == "Lowercase" for step in state.get("normalizers", [state]))
 
     @classmethod
     def _from_pretrained(cls, resolved_vocab_files, pretrained_model_name_or_path, *args, **kwargs):

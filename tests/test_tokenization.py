@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -333,6 +334,14 @@ def test_uncased_tokenizer_learns_and_gives_only_lower_case_pieces(uncased_dir, 
     assert "ñ" in "".join(uncased.tokenize(CASE_TEXTS[0])) and "á" in "".join(uncased.tokenize(CASE_TEXTS[0]))
     ids = uncased(CASE_TEXTS[2])["input_ids"]
     assert ids.count(uncased.mask_token_id) == 1 and ids == uncased("el [MASK] de la casa")["input_ids"]
+
+
+def test_do_lower_case_is_what_tokenizer_json_does(uncased_dir, tmp_path):
+    folder = shutil.copytree(uncased_dir, tmp_path / "no_flag")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    del config["do_lower_case"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert SpanishSPMTokenizer.from_pretrained(folder).do_lower_case
 
 
 @pytest.mark.parametrize("text", CASE_TEXTS + EDGE_TEXTS)
