@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -157,11 +157,13 @@ class BM25System:
 @dataclass
 class EmbeddingSystem:
     """A Sentence Transformers model with its query/document prompts: a SentenceTransformer ranks by the cosine of
-    its embeddings, a SparseEncoder (SPLADE) by the dot product of its word weights."""
+    its embeddings, a SparseEncoder (SPLADE) by the dot product of its word weights. It scores the model as it is
+    when first asked (see ``scores``): wrap a model anew after training it further."""
 
     model: object  # SentenceTransformer or SparseEncoder
     name: str
     batch_size: int = 32
+    _last_scores: tuple | None = field(default=None, init=False, repr=False)
 
     @property
     def sparse(self) -> bool:
@@ -176,9 +178,17 @@ class EmbeddingSystem:
             return encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False, **kwargs).cpu().numpy()
         return encode(texts, normalize_embeddings=True, convert_to_numpy=True, **kwargs)
 
+    def scores(self, queries: list[str], passages: list[str]) -> np.ndarray:
+        """(queries, passages) scores. The last texts' scores are kept, so that a fusion ranking the same texts
+        again (``--hybrid``: the model alone, then fused with BM25) does not encode them twice."""
+        texts = (tuple(queries), tuple(passages))
+        if self._last_scores is None or self._last_scores[0] != texts:
+            scores = self._encode(queries, "query") @ self._encode(passages, "document").T
+            self._last_scores = (texts, scores)
+        return self._last_scores[1]
+
     def rank(self, queries: list[str], passages: list[str], k: int = K) -> list[list[int]]:
-        scores = self._encode(queries, "query") @ self._encode(passages, "document").T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.argsort(-self.scores(queries, passages), axis=1, kind="stable")[:, :k]
         return top.tolist()
 
     def similarity(self, sentences1: list[str], sentences2: list[str]) -> list[float]:

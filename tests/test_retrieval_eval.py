@@ -144,6 +144,30 @@ def test_hybrid_of_bm25_and_a_model_is_compared_with_both(tmp_path):
     assert results["BM25 (bm25s) + one-hot (RRF)"]["recall@1"] == 1.0
 
 
+def test_hybrid_encodes_each_text_once_for_the_model_and_its_fusion(tmp_path):
+    calls = []
+
+    class CountingModel(OneHotModel):
+        def encode_query(self, texts, **kwargs):
+            calls.append(("query", len(texts)))
+            return self._embed(texts)
+
+        def encode_document(self, texts, **kwargs):
+            calls.append(("document", len(texts)))
+            return self._embed(texts)
+
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"query": "gato negro", "positive": "gato al sol"}])
+    data = load_retrieval(queries, write_jsonl(tmp_path / "c.jsonl", [{"text": "perro que ladra"}]))
+    results = compare(default_systems({"counting": CountingModel()}, baselines=False, hybrid=True), data)
+    assert calls == [("query", 1), ("document", 2)]
+    assert results["counting"]["recall@1"] == results["BM25 (bm25s) + counting (RRF)"]["recall@1"] == 1.0
+    calls.clear()
+    system = EmbeddingSystem(CountingModel(), "c")
+    assert system.rank(["gato"], ["perro y", "gato x"]) == [[1, 0]]
+    assert system.rank(["perro"], ["perro y", "gato x"]) == [[0, 1]]  # other queries are scored anew
+    assert len(calls) == 4
+
+
 @pytest.mark.parametrize(
     "row, message",
     [
