@@ -11,6 +11,10 @@ parameters, not the active ones.
 
     python benchmarks/bench_train.py            # mini shapes and the published widths (4 layers, 512 tokens)
     python benchmarks/bench_train.py --quick    # a smoke run in seconds
+    python benchmarks/bench_train.py --compile  # each model also compiled, as run_mlm.py --torch_compile does
+
+With --compile every model also trains through accelerate's regional compilation (Inductor), in the same rounds; a
+compiled model is compared with the compiled ModernBERT and twin, and its warm-up steps (compiling) are not timed.
 """
 
 import argparse
@@ -23,6 +27,7 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from accelerate.utils import compile_regions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -72,7 +77,9 @@ MODES = {  # config, layers (None: as in the file), sequence length, batch size
 }
 
 
-def measure(mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: bool, output_dir: str) -> dict:
+def measure(
+    mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: bool, output_dir: str, compile: bool = False
+) -> dict:
     config_name, layers, seq_len, batch_size = MODES[mode]
     if quick:
         batch_size = 2
@@ -86,14 +93,19 @@ def measure(mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: b
     }
     runs = {}
     for name, factory in factories.items():
-        torch.manual_seed(0)
-        model = factory().train()
-        optimizer = trainer_optimizer(model, output_dir)
-        train_steps(model, optimizer, batches[:warmup])
-        runs[name] = {"model": model, "optimizer": optimizer, "round_seconds": [], "optimizer_seconds": []}
+        for compiled in (False, True) if compile else (False,):
+            torch.manual_seed(0)
+            model = factory().train()
+            # compiled: each repeated layer compiled once, the rest apart, as run_mlm.py --torch_compile does
+            runner = compile_regions(model) if compiled else model
+            optimizer = trainer_optimizer(model, output_dir)
+            train_steps(runner, optimizer, batches[:warmup])
+            runs[name + (", compiled" if compiled else "")] = {
+                "model": model, "runner": runner, "optimizer": optimizer, "round_seconds": [], "optimizer_seconds": []
+            }  # fmt: skip
     for _ in range(rounds):  # alternate, so drift in machine speed affects all
         for run in runs.values():
-            seconds, in_optimizer = train_steps(run["model"], run["optimizer"], batches[warmup:])
+            seconds, in_optimizer = train_steps(run["runner"], run["optimizer"], batches[warmup:])
             run["round_seconds"].append(seconds)
             run["optimizer_seconds"].append(in_optimizer)
 
@@ -110,9 +122,12 @@ def measure(mode: str, tokenizer, steps: int, rounds: int, warmup: int, quick: b
         }
         for name, run in runs.items()
     }
-    for result in results.values():
-        result["vs_modernbert"] = result["tokens_per_second"] / results["modernbert"]["tokens_per_second"]
-        result["vs_dense_twin"] = result["tokens_per_second"] / results["dense twin"]["tokens_per_second"]
+    for name, result in results.items():  # a compiled model against the compiled others
+        suffix = ", compiled" if name.endswith(", compiled") else ""
+        result["vs_modernbert"] = result["tokens_per_second"] / results["modernbert" + suffix]["tokens_per_second"]
+        result["vs_dense_twin"] = result["tokens_per_second"] / results["dense twin" + suffix]["tokens_per_second"]
+        if suffix:
+            result["vs_eager"] = result["tokens_per_second"] / results[name.removesuffix(suffix)]["tokens_per_second"]
     shape = (f"{config_name}: H {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_experts} "
              f"experts x {config.moe_intermediate_size} top-{config.num_experts_per_tok}")  # fmt: skip
     optimizer = describe(next(iter(runs.values()))["optimizer"])
@@ -126,29 +141,36 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny run: batch 2, 2 rounds of 2 steps")
+    parser.add_argument(
+        "--compile", action="store_true", help="also each model compiled as run_mlm.py --torch_compile does"
+    )
     parser.add_argument("--output", help="results JSON (default benchmarks/results/bench_train[_quick].json)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.rounds, args.warmup = 2, 2, 1
+    if args.compile:  # the first steps compile, then recompile for the number of masked positions, which varies
+        args.warmup = max(args.warmup, 4)
     keep_freed_memory()
 
     tokenizer = harness.train_tokenizer(8000)
     with tempfile.TemporaryDirectory() as output_dir:  # TrainingArguments wants one; nothing is written there
         report = {
-            mode: measure(mode, tokenizer, args.steps, args.rounds, args.warmup, args.quick, output_dir)
+            mode: measure(mode, tokenizer, args.steps, args.rounds, args.warmup, args.quick, output_dir, args.compile)
             for mode in args.modes
         }
     for mode, r in report.items():
         print(f"\nTraining throughput, {r['shape']}; batch {r['batch_size']} x {r['seq_len']} tokens, "
               f"{r['optimizer']}, median of {args.rounds} rounds of {args.steps} steps; "
               f"{harness.machine_line()}\n")  # fmt: skip
-        print("| model | total params | active params | tokens/s | vs ModernBERT | vs dense twin | in optimizer |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| model | total params | active params | tokens/s | vs ModernBERT | vs dense twin | in optimizer |"
+              + (" vs eager |" if args.compile else ""))  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.compile else ""))
         for name, m in r["results"].items():
             print(
                 f"| {name} | {m['total_parameters'] / 1e6:.2f}M | {m['active_parameters'] / 1e6:.2f}M | "
                 f"{m['tokens_per_second']:,.0f} | {m['vs_modernbert']:.2f}x | {m['vs_dense_twin']:.2f}x | "
                 f"{m['optimizer_share']:.0%} |"
+                + (f" {m['vs_eager']:.2f}x |" if "vs_eager" in m else " |" * args.compile)
             )
 
     output = Path(args.output or harness.RESULTS / f"bench_train{'_quick' if args.quick else ''}.json")
@@ -159,6 +181,8 @@ def main():
         "machine": harness.machine(),
         "rounds": args.rounds,
         "steps_per_round": args.steps,
+        "warmup_steps": args.warmup,
+        "compile": "accelerate compile_regions (Inductor)" if args.compile else None,
         "allocator": "freed memory kept (spanish_moe_bert.cpu)",
         "modes": report,
     }

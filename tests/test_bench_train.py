@@ -43,3 +43,27 @@ def test_the_optimizer_share_is_the_time_in_step_and_zero_grad(monkeypatch):
     total, in_optimizer = bench_train.train_steps(model, optimizer, [batch, batch])
     assert 0.1 <= in_optimizer < total
     assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none) ran inside the timed part
+
+
+def test_compiled_models_are_timed_beside_eager_ones_and_compared_with_each_other(tmp_path, monkeypatch):
+    compiled = []
+
+    def compile_regions(model):  # stands in for accelerate's (Inductor would take minutes here)
+        compiled.append(type(model).__name__)
+        return model
+
+    monkeypatch.setattr(bench_train, "compile_regions", compile_regions)
+    tokenizer = bench_train.harness.train_tokenizer(vocab_size=512)
+    report = bench_train.measure("mini", tokenizer, 1, 1, 1, True, str(tmp_path), compile=True)
+    results = report["results"]
+    assert list(results) == [
+        "moe", "moe, compiled", "dense twin", "dense twin, compiled", "modernbert", "modernbert, compiled"
+    ]  # fmt: skip
+    assert compiled == ["SpanishMoEBertForMaskedLM", "SpanishMoEBertForMaskedLM", "ModernBertForMaskedLM"]
+    for name, result in results.items():
+        peer = ", compiled" if name.endswith(", compiled") else ""
+        modernbert = results["modernbert" + peer]["tokens_per_second"]
+        assert result["vs_modernbert"] == result["tokens_per_second"] / modernbert
+        eager = results[name.removesuffix(", compiled")]["tokens_per_second"]
+        assert ("vs_eager" in result) == bool(peer)
+        assert result.get("vs_eager", 1.0) == result["tokens_per_second"] / eager
