@@ -46,7 +46,13 @@ from spanish_moe_bert.data import (
 )
 from spanish_moe_bert.export import HubPushError, export_model
 from spanish_moe_bert.resume import ResumableStream, StreamStateCallback, resume_checkpoint
-from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, logits_to_predictions, mlm_metrics
+from spanish_moe_bert.training import (
+    MoEMLMTrainer,
+    NonFiniteLossError,
+    allow_a_compiled_version_per_layer_kind,
+    logits_to_predictions,
+    mlm_metrics,
+)
 
 logger = logging.getLogger("run_mlm")
 
@@ -318,6 +324,9 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     # Model, and resume: the newest complete checkpoint, and each rank's position in its stream.
     model = build_model(model_args, tokenizer)
     logger.info(f"model: {model.num_parameters():,} parameters, vocabulary {model.config.vocab_size}")
+    if training_args.torch_compile:
+        limit = allow_a_compiled_version_per_layer_kind(model.config)
+        logger.info(f"torch.compile: up to {limit} compiled versions of the encoder layer (Dynamo's recompile limit)")
     checkpoint = resume_checkpoint(training_args, train_stream)
     if checkpoint is not None:
         logger.info(f"resuming from {checkpoint}")

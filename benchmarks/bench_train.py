@@ -150,6 +150,9 @@ def main():
         args.steps, args.rounds, args.warmup = 2, 2, 1
     if args.compile:  # the first steps compile, then recompile for the number of masked positions, which varies
         args.warmup = max(args.warmup, 4)
+        # Every model's layers run one code object (transformers' GradientCheckpointingLayer call), whose compiled
+        # versions Dynamo caps at 8 per process: past it, the next models' layers would run eagerly.
+        torch._dynamo.config.recompile_limit = 64
     keep_freed_memory()
 
     tokenizer = harness.train_tokenizer(8000)

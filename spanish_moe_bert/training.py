@@ -14,6 +14,23 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from .resume import stream_dataloader
 
 
+def allow_a_compiled_version_per_layer_kind(config, versions_per_kind: int = 4) -> int:
+    """Raise Dynamo's recompile limit so that `--torch_compile` compiles every kind of encoder layer.
+
+    Regional compilation compiles the encoder layer once and reuses it for the layers like it. All layers run one
+    code object (transformers' `GradientCheckpointingLayer` call), of which Dynamo keeps `recompile_limit` compiled
+    versions (8 by default) and runs any further version eagerly, with only a warning. Our layers differ by kind,
+    attention (MHA / GQA / MLA) and FFN (sparse / dense), and each kind can need a version with and without a padding
+    mask, with static and then dynamic shapes: `versions_per_kind` (4) versions each. Never lowers the limit; returns
+    the limit in force."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    kinds = len(set(zip(config.attention_types, config.mlp_layer_types)))
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), versions_per_kind * kinds))
+    return getattr(dynamo_config, name)
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 

@@ -11,8 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from tiny_config import make_config
 from transformers import EvalPrediction, TrainerControl, TrainerState
 
+from modeling_spanish_moe_bert import SpanishMoEBertModel
 from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes
 from spanish_moe_bert.corpus import CorpusError, hub_documents, is_held_out
 from spanish_moe_bert.data import (
@@ -35,7 +37,13 @@ from spanish_moe_bert.resume import (
     remove_incomplete_checkpoints,
     resume_checkpoint,
 )
-from spanish_moe_bert.training import MoEMLMTrainer, NonFiniteLossError, RouterMetrics, mlm_metrics
+from spanish_moe_bert.training import (
+    MoEMLMTrainer,
+    NonFiniteLossError,
+    RouterMetrics,
+    allow_a_compiled_version_per_layer_kind,
+    mlm_metrics,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "es_corpus_sample.txt"
@@ -322,3 +330,35 @@ def test_non_finite_loss_raises_before_the_update():
     trainer._stop_on_non_finite(torch.tensor(2.0))
     with pytest.raises(NonFiniteLossError, match="step 42"):
         trainer._stop_on_non_finite(torch.tensor(float("nan")))
+
+
+def test_torch_compile_keeps_a_compiled_version_of_every_layer_kind(monkeypatch):
+    """Six kinds of layer (3 attentions x sparse/dense FFN), each run with and without a padding mask, make 12
+    versions of the one layer code that regional compilation compiles: past Dynamo's default limit (8)."""
+    import torch._dynamo
+    import torch._dynamo.config as dynamo_config
+    from accelerate.utils import compile_regions
+
+    config = make_config(
+        num_hidden_layers=6, attention_pattern=["mha", "gqa", "mla"], mlp_layer_types=["sparse", "dense"] * 3
+    )
+    model = SpanishMoEBertModel(config).eval()
+    ids = torch.randint(5, config.vocab_size, (2, 12))
+    padded = torch.ones_like(ids).index_fill_(1, torch.tensor([10, 11]), 0)
+
+    def run_all_versions():
+        torch._dynamo.reset()
+        compiled = compile_regions(model, backend="eager")  # Dynamo's tracing and guards, no code generation
+        with torch.no_grad():
+            compiled(input_ids=ids)
+            compiled(input_ids=ids, attention_mask=padded)
+
+    monkeypatch.setattr(dynamo_config, "fail_on_recompile_limit_hit", True)  # raise instead of running eagerly
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
+    with pytest.raises(Exception, match="recompile_limit"):
+        run_all_versions()
+    assert allow_a_compiled_version_per_layer_kind(config) == 24
+    run_all_versions()
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 64)
+    assert allow_a_compiled_version_per_layer_kind(config) == 64  # never lowered
+    torch._dynamo.reset()
