@@ -332,7 +332,7 @@ def test_non_finite_loss_raises_before_the_update():
         trainer._stop_on_non_finite(torch.tensor(float("nan")))
 
 
-def test_torch_compile_keeps_a_compiled_version_of_every_layer_kind(monkeypatch):
+def test_torch_compile_keeps_a_compiled_version_of_every_layer_kind():
     """Six kinds of layer (3 attentions x sparse/dense FFN), each run with and without a padding mask, make 12
     versions of the one layer code that regional compilation compiles: past Dynamo's default limit (8)."""
     import torch._dynamo
@@ -353,12 +353,15 @@ def test_torch_compile_keeps_a_compiled_version_of_every_layer_kind(monkeypatch)
             compiled(input_ids=ids)
             compiled(input_ids=ids, attention_mask=padded)
 
-    monkeypatch.setattr(dynamo_config, "fail_on_recompile_limit_hit", True)  # raise instead of running eagerly
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
-    with pytest.raises(Exception, match="recompile_limit"):
+    # raise instead of running eagerly; the patch puts both settings back as they were (monkeypatch would not:
+    # Dynamo's config module refuses the delattr it undoes with)
+    before = dynamo_config.recompile_limit
+    with dynamo_config.patch(fail_on_recompile_limit_hit=True, recompile_limit=8):
+        with pytest.raises(Exception, match="recompile_limit"):
+            run_all_versions()
+        assert allow_a_compiled_version_per_layer_kind(config) == 24
         run_all_versions()
-    assert allow_a_compiled_version_per_layer_kind(config) == 24
-    run_all_versions()
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 64)
-    assert allow_a_compiled_version_per_layer_kind(config) == 64  # never lowered
+        dynamo_config.recompile_limit = 64
+        assert allow_a_compiled_version_per_layer_kind(config) == 64  # never lowered
     torch._dynamo.reset()
+    assert dynamo_config.recompile_limit == before and not dynamo_config.fail_on_recompile_limit_hit
