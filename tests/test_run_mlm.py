@@ -183,7 +183,13 @@ def test_torch_compile_trains_the_same_losses_as_eager(tmp_path, tokenizer_dir, 
     run_mlm.main(run_args(tmp_path / "eager", tokenizer_dir, max_steps=4, save_steps=4))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    run_mlm.main(run_args(tmp_path / "compiled", tokenizer_dir, max_steps=4, save_steps=4, torch_compile="true"))
+    # Every layer kind keeps its compiled version: from a limit of 1, run_mlm.py raises it to 4 per kind, and no
+    # layer falls back to eager (which would raise here)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        run_mlm.main(run_args(tmp_path / "compiled", tokenizer_dir, max_steps=4, save_steps=4, torch_compile="true"))
+        config = SpanishMoEBertForMaskedLM.config_class.from_pretrained(tmp_path / "compiled")
+        kinds = set(zip(config.attention_types, config.mlp_layer_types))
+        assert torch._dynamo.config.recompile_limit == 4 * len(kinds) >= 4 * 3
     assert os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] == "1"  # one graph per layer kind, reused
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     eager, compiled = losses_by_step(tmp_path / "eager"), losses_by_step(tmp_path / "compiled")
