@@ -100,10 +100,15 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def write(output_dir: Path, part: str, device: torch.device, payload: dict) -> None:
+    """Write (or rewrite) `<part>.json`. Parts that take minutes write after each stage with `"complete": false`, so
+    that a command stopped at its time limit still brings back what was measured; the rename keeps a kill during
+    the write from leaving a half-written file."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / f"{part}.json"
-    path.write_text(json.dumps({"part": part, **environment(device), **payload}, indent=2) + "\n")
-    print(f"wrote {path}")
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps({"part": part, **environment(device), **payload}, indent=2) + "\n")
+    partial.replace(path)
+    print(f"wrote {path}", flush=True)
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -215,7 +220,8 @@ def run_correctness(device: torch.device, smoke: bool, output_dir: Path, backend
     passed = all(r["passed"] for r in rows)
     cells = [[r["check"], r["dtype"], f"{r['error']:.2e}", r["tolerance"], r["passed"]] for r in rows]
     print(table(["check", "dtype", "relative error", "tolerance", "passed"], cells))
-    write(output_dir, "correctness", device, {"passed": passed, "compile_backend": backend, "checks": rows})
+    payload = {"passed": passed, "compile_backend": backend, "checks": rows, "complete": True}
+    write(output_dir, "correctness", device, payload)
     return passed
 
 
@@ -249,6 +255,10 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
     token_counts = [64, 256] if smoke else [4096, 16384, 65536]
     repeats = 1 if smoke else 20
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 8 * 2**30
+    shape = (
+        f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
+        f"top-{config.num_experts_per_tok}"
+    )
     rows = []
     for tokens in token_counts:
         models = moe_contenders(config, device, free, tokens)
@@ -278,14 +288,11 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
         del models
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        complete = tokens == token_counts[-1]
+        write(output_dir, "moe", device, {"dtype": "bfloat16", "shape": shape, "rows": rows, "complete": complete})
     print(table(["tokens", "pass", "contender", "ms", "× dense"],
                 [[r["tokens"], r["pass"], r["contender"], r["ms"], r.get("error") or r["x_dense"]]
                  for r in rows]))  # fmt: skip
-    shape = (
-        f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
-        f"top-{config.num_experts_per_tok}"
-    )
-    write(output_dir, "moe", device, {"dtype": "bfloat16", "shape": shape, "rows": rows})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,28 +350,30 @@ def run_model(device: torch.device, smoke: bool, output_dir: Path, backend: str)
     batch = {key: value.to(device) for key, value in batch.items()}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     peak = measured_peak_tflops(device, smoke)
+    datasheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in environment(device)["device"]), None)
+    payload = {"batch_size": batch_size, "seq_len": seq_len, "precision": "bf16 autocast", "compile_backend": backend,
+               "measured_peak_tflops": peak, "datasheet_peak_tflops": datasheet}  # fmt: skip
     rows = []
-    for name, factory in model_contenders(config).items():
-        torch.manual_seed(0)
-        model = factory().to(device).train()
-        # torch counts no grouped GEMMs: a MoE is counted as its dense twin, which has the same active FLOPs
-        counted = SpanishMoEBertForMaskedLM(config.dense_twin()).to(device) if name == "MoE (ours)" else model
-        with autocast:
-            flops = training_flops(counted, batch)
+    contenders = model_contenders(config)
+    last = (list(contenders)[-1], "compiled")
+    for name, factory in contenders.items():
+        model = None
         for mode in ("eager", "compiled"):
-            # compiled: as run_mlm.py --torch_compile does
-            try:
+            try:  # an OOM, a compiler error: recorded in the row, and the other rows still run
+                if model is None:
+                    model, flops = build_and_count(name, factory, config, batch, autocast, device)
+                # compiled: as run_mlm.py --torch_compile does
                 runner = model if mode == "eager" else compile_regions(model, backend=backend)
                 rows.append(
                     time_training(name, mode, model, runner, batch, autocast, device, steps, smoke, flops, peak)
                 )
-            except Exception as error:  # an OOM, a compiler error: the other rows still run
+            except Exception as error:
                 rows.append({"model": name, "mode": mode, "error": failure(error)})
                 print(f"{name}, {mode}: {rows[-1]['error']}", flush=True)
-        del model, counted
+            write(output_dir, "model", device, {**payload, "rows": rows, "complete": (name, mode) == last})
+        del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    datasheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in environment(device)["device"]), None)
     moe_eager = next(r for r in rows if r["model"] == "MoE (ours)" and r["mode"] == "eager").get("tokens_per_second")
     print(f"bf16 autocast, batch {batch_size} x {seq_len}; matrix-product peak measured {peak:.0f} TFLOP/s")
     cells = [
@@ -378,9 +387,16 @@ def run_model(device: torch.device, smoke: bool, output_dir: Path, backend: str)
     header = ["model", "mode", "active params", "tokens/s", "vs MoE eager", "TFLOP/s", "MFU (datasheet)",
               "MFU (measured peak)", "peak GiB"]  # fmt: skip
     print(table(header, cells))
-    payload = {"batch_size": batch_size, "seq_len": seq_len, "precision": "bf16 autocast", "compile_backend": backend,
-               "rows": rows, "measured_peak_tflops": peak, "datasheet_peak_tflops": datasheet}  # fmt: skip
-    write(output_dir, "model", device, payload)
+
+
+def build_and_count(name, factory, config, batch, autocast, device) -> tuple[torch.nn.Module, int]:
+    """A contender on the device, in training mode, and the FLOPs of its training step."""
+    torch.manual_seed(0)
+    model = factory().to(device).train()
+    # torch counts no grouped GEMMs: a MoE is counted as its dense twin, which has the same active FLOPs
+    counted = SpanishMoEBertForMaskedLM(config.dense_twin()).to(device) if name == "MoE (ours)" else model
+    with autocast:
+        return model, training_flops(counted, batch)
 
 
 def time_training(name, mode, model, runner, batch, autocast, device, steps, smoke, flops, peak) -> dict:
@@ -469,14 +485,18 @@ def run_run_mlm(device: torch.device, smoke: bool, output_dir: Path, corpus: Pat
                 child.kill()
                 child.wait()
     full_seconds = time.perf_counter() - began
+    results_file = work / "full" / "all_results.json"
+    metrics = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    full = logged_losses(work / "full")
+    uninterrupted = {"corpus": corpus.name, "uninterrupted_seconds": full_seconds, "uninterrupted_losses": full,
+                     "eval": {k: v for k, v in metrics.items() if k.startswith("eval_")}}  # fmt: skip
+    write(output_dir, "run_mlm", device, {**uninterrupted, "passed": None, "complete": False})  # before the resume
     subprocess.run(run_mlm_command(killed_dir, corpus, smoke, extra), check=True, cwd=REPO)
 
-    full, resumed = logged_losses(work / "full"), logged_losses(killed_dir)
+    resumed = logged_losses(killed_dir)
     start = int(first_checkpoint.name.split("-")[1])
     after = sorted(step for step in full if step > start and step in resumed)
     worst = max(abs(full[s] - resumed[s]) for s in after)
-    results_file = work / "full" / "all_results.json"
-    metrics = json.loads(results_file.read_text()) if results_file.is_file() else {}
     passed = worst <= (1e-4 if device.type == "cpu" else 2e-2)  # GPU kernels (atomics in attention backward) vary
     print(table(["step", "uninterrupted loss", "killed + resumed loss"],
                 [[s, f"{full[s]:.4f}", f"{resumed[s]:.4f}"] for s in after]))  # fmt: skip
@@ -485,15 +505,13 @@ def run_run_mlm(device: torch.device, smoke: bool, output_dir: Path, corpus: Pat
         f"uninterrupted run {full_seconds:.0f} s, beside the run that was killed"
     )
     payload = {
-        "corpus": corpus.name,
+        **uninterrupted,
         "resumed_from": start,
         "steps_compared": after,
         "largest_loss_difference": worst,
         "passed": passed,
-        "uninterrupted_seconds": full_seconds,
-        "eval": {k: v for k, v in metrics.items() if k.startswith("eval_")},
-        "uninterrupted_losses": full,
         "resumed_losses": resumed,
+        "complete": True,
     }
     write(output_dir, "run_mlm", device, payload)
     return passed

@@ -27,7 +27,7 @@ def test_gpu_suite_runs_every_part_on_the_cpu_at_toy_sizes(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = {part: json.loads((tmp_path / "results" / f"{part}.json").read_text())
                for part in ("correctness", "moe", "model", "run_mlm")}  # fmt: skip
-    assert all(r["torch"] and r["device"] for r in results.values())
+    assert all(r["torch"] and r["device"] and r["complete"] for r in results.values())
 
     checks = results["correctness"]["checks"]
     assert results["correctness"]["passed"] and all(c["passed"] for c in checks)
@@ -114,3 +114,40 @@ def test_a_model_row_that_fails_is_recorded_and_the_others_are_timed(tmp_path, m
     failed = [r for r in rows if "error" in r]
     error = "RuntimeError: inductor: compilation failed"
     assert failed == [{"model": "ModernBERT (equal active)", "mode": "compiled", "error": error}]
+
+
+class Killed(BaseException):
+    """The device tool stopping the command at its time limit, as far as the suite can tell: nothing it catches."""
+
+
+def test_a_moe_part_cut_off_keeps_the_token_counts_it_finished(tmp_path, monkeypatch):
+    class CutOff(torch.nn.Module):
+        def forward(self, x):
+            raise Killed()
+
+    def contenders(config, device, free_bytes, tokens):  # the second token count (256) is cut off
+        dense = torch.nn.Linear(config.hidden_size, 8).bfloat16() if tokens == 64 else CutOff()
+        return {"dense SwiGLU (same active FLOPs)": dense}
+
+    monkeypatch.setattr(gpu_suite, "moe_contenders", contenders)
+    with pytest.raises(Killed):
+        gpu_suite.run_moe(torch.device("cpu"), smoke=True, output_dir=tmp_path)
+    written = json.loads((tmp_path / "moe.json").read_text())
+    assert written["complete"] is False and {r["tokens"] for r in written["rows"]} == {64}
+    assert len(written["rows"]) == 2 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_model_part_cut_off_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+    def timing(name, mode, *args):
+        if name == "dense twin" and mode == "compiled":
+            raise Killed()
+        return {"model": name, "mode": mode, "tokens_per_second": 100.0}
+
+    monkeypatch.setattr(gpu_suite, "time_training", timing)
+    with pytest.raises(Killed):
+        gpu_suite.run_model(torch.device("cpu"), smoke=True, output_dir=tmp_path, backend="aot_eager")
+    written = json.loads((tmp_path / "model.json").read_text())
+    assert written["complete"] is False and written["measured_peak_tflops"] > 0
+    assert [(r["model"], r["mode"]) for r in written["rows"]] == [
+        ("MoE (ours)", "eager"), ("MoE (ours)", "compiled"), ("dense twin", "eager")
+    ]  # fmt: skip
