@@ -1,6 +1,6 @@
 """MoE layer cost, side by side in one run, as ratios to a dense SwiGLU of the same active FLOPs.
 
-Contenders at equal shapes (hidden 1024, 32 experts of width 88, top-4: the default config):
+Contenders at equal shapes (the default config: hidden 1024, 32 experts of width 88, top-4; or `--config`):
   ours            SpanishMoEBertSparseMoE, the path `expert_path` picks (CPU: per-expert loop without autograd,
                   grouped_mm with it)
   ours, <path>    the same layer forced onto each other path it has (`moe_implementation`)
@@ -9,6 +9,8 @@ Contenders at equal shapes (hidden 1024, 32 experts of width 88, top-4: the defa
   qwen3 <impl>    transformers' Qwen3MoeSparseMoeBlock with each experts implementation it offers
 and, fp32 with `F.grouped_mm`, the GEMM floor: the experts' grouped GEMMs alone at balanced loads against dense's
 GEMMs alone (fwd+bwd; no routing, gathers or activation), the lowest ratio the layer could reach here.
+A third such row runs the expert GEMMs as one batched GEMM (`bmm`): what a grouped GEMM that hands whole experts
+to threads would reach.
 
 Timings interleave the contenders round by round and report the median, so machine noise hits all alike.
 The process keeps freed memory for reuse as run_mlm.py does on CPUs (`spanish_moe_bert.cpu`); `--allocator
@@ -17,6 +19,7 @@ default` measures glibc's default, which maps and faults in every large buffer a
     python benchmarks/bench_moe.py --quick          # 4096 tokens, about a minute on 2 cores
     python benchmarks/bench_moe.py                  # 512 / 4096 / 16384 tokens
     python benchmarks/bench_moe.py --tokens 4096 16384 --dtypes float32 --output /tmp/moe.json
+    python benchmarks/bench_moe.py --config configs/mini.json --tokens 2048 8192 --dtypes float32   # other widths
 
 The machine line names the instruction set the kernels use: AVX-512 makes dense GEMMs ~2x faster and the MoE's
 gathers not, so ratios from AVX2 and AVX-512 machines differ. On an AVX-512 machine,
@@ -140,7 +143,11 @@ def bench(tokens: int, hidden: int, dtype: torch.dtype, backward: bool, rounds: 
 def gemm_floor(config: SpanishMoEBertConfig, tokens: int, rounds: int) -> dict[str, float]:
     """The matrix products alone, forward and backward, at perfectly balanced expert loads: the experts' two grouped
     GEMMs (`F.grouped_mm`, as the training path runs them) against dense's two GEMMs of the same FLOPs. No routing,
-    gathers or activation: their ratio is the lowest fwd+bwd ratio the layer could reach on this machine."""
+    gathers or activation: their ratio is the lowest fwd+bwd ratio the layer could reach on this machine.
+
+    A third row runs the same expert GEMMs as one `bmm` each (equal loads make them a batch): on the CPU
+    `F.grouped_mm` runs one GEMM per expert, each split across the threads, where a batched kernel can hand whole
+    experts to threads. The gap between the two is what small experts lose to threading."""
     e, h, i, k = config.num_experts, config.hidden_size, config.moe_intermediate_size, config.num_experts_per_tok
     rows = tokens * k
     offsets = torch.arange(1, e + 1, dtype=torch.int32) * (rows // e)
@@ -164,7 +171,17 @@ def gemm_floor(config: SpanishMoEBertConfig, tokens: int, rounds: int) -> dict[s
         (x @ w1).backward(dense_grads[0])
         (hidden @ w2).backward(dense_grads[1])
 
-    steps = {"expert GEMMs alone (balanced loads)": expert_step, "dense GEMMs alone": dense_step}
+    def batched_step():
+        x, w1, hidden, w2 = expert
+        used = e * (rows // e)
+        torch.bmm(x[:used].view(e, -1, h), w1).backward(expert_grads[0][:used].view(e, -1, 2 * i))
+        torch.bmm(hidden[:used].view(e, -1, i), w2).backward(expert_grads[1][:used].view(e, -1, h))
+
+    steps = {
+        "expert GEMMs alone (balanced loads)": expert_step,
+        "expert GEMMs alone, one bmm each (balanced loads)": batched_step,
+        "dense GEMMs alone": dense_step,
+    }
     times = {name: [] for name in steps}
     for _ in range(rounds + 1):  # the first round warms up
         for name, step in steps.items():
@@ -181,6 +198,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="4096 tokens, fewer rounds")
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--config", type=Path, help="model config JSON (default: the published widths)")
     parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
     parser.add_argument("--output", type=Path, default=None,
                         help="results file (default results/moe[_quick][_default_allocator].json)")  # fmt: skip
@@ -196,7 +214,7 @@ def main():
     tokens_list = args.tokens or ([4096] if args.quick else [512, 4096, 16384])
     rounds = args.rounds or (3 if args.quick else 5)
 
-    config = SpanishMoEBertConfig()
+    config = SpanishMoEBertConfig.from_json_file(args.config) if args.config else SpanishMoEBertConfig()
     models = contenders(config)
     rows = []
     for tokens in tokens_list:
@@ -224,8 +242,11 @@ def main():
         f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows
     ]
     machine = f"{harness.machine_line()}, allocator {args.allocator}"
-    print(f"MoE layer: hidden {config.hidden_size}, {config.num_experts} experts × {config.moe_intermediate_size}, "
-          f"top-{config.num_experts_per_tok}; {machine}\n")  # fmt: skip
+    shape = (
+        f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
+        f"top-{config.num_experts_per_tok}"
+    )
+    print(f"MoE layer: {shape}; {machine}\n")
     print("\n".join([header, *lines]))
     skipped = [t for t in tokens_list if batched_mm_bytes(config, t) > MAX_GATHER_BYTES]
     if skipped:
@@ -236,7 +257,7 @@ def main():
     suffix = ("_quick" if args.quick else "") + ("_default_allocator" if args.allocator == "default" else "")
     out = args.output or RESULTS / f"moe{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"machine": machine, "shape": shape, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 
 

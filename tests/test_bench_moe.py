@@ -22,7 +22,8 @@ def test_gemm_floor_times_the_expert_and_dense_gemms_of_equal_flops(monkeypatch)
 
     monkeypatch.setattr(bench_moe.F, "grouped_mm", recording)
     floor = bench_moe.gemm_floor(config, tokens=64, rounds=2)
-    assert set(floor) == {"expert GEMMs alone (balanced loads)", "dense GEMMs alone"}
+    batched = "expert GEMMs alone, one bmm each (balanced loads)"
+    assert set(floor) == {"expert GEMMs alone (balanced loads)", batched, "dense GEMMs alone"}
     assert all(seconds > 0 for seconds in floor.values())
     e, h, i, k = config.num_experts, config.hidden_size, config.moe_intermediate_size, config.num_experts_per_tok
     rows = 64 * k
@@ -31,3 +32,19 @@ def test_gemm_floor_times_the_expert_and_dense_gemms_of_equal_flops(monkeypatch)
     assert shapes[0] == ((rows, h), (e, h, 2 * i), balanced) and shapes[1] == ((rows, i), (e, i, h), balanced)
     assert len(shapes) == 2 * 3  # two GEMMs per round, the warm-up round included
     assert balanced[-1] == rows  # the offsets cover every row
+
+
+def test_gemm_floor_batches_the_same_expert_gemms_in_one_bmm_each(monkeypatch):
+    config = make_config()
+    shapes = []
+    bmm = bench_moe.torch.bmm
+
+    def recording(x, w):
+        shapes.append((tuple(x.shape), tuple(w.shape)))
+        return bmm(x, w)
+
+    monkeypatch.setattr(bench_moe.torch, "bmm", recording)
+    bench_moe.gemm_floor(config, tokens=64, rounds=1)
+    e, h, i, k = config.num_experts, config.hidden_size, config.moe_intermediate_size, config.num_experts_per_tok
+    per_expert = 64 * k // e
+    assert shapes[:2] == [((e, per_expert, h), (e, h, 2 * i)), ((e, per_expert, i), (e, i, h))]
