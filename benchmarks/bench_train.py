@@ -37,6 +37,7 @@ from transformers import ModernBertForMaskedLM, Trainer, TrainingArguments  # no
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM  # noqa: E402
 from spanish_moe_bert.cpu import keep_freed_memory  # noqa: E402
 from spanish_moe_bert.data import MaskingCollator, local_documents, tokenize_stream  # noqa: E402
+from spanish_moe_bert.training import raise_recompile_limit  # noqa: E402
 
 
 def training_batches(tokenizer, seq_len: int, batch_size: int, count: int) -> list[dict]:
@@ -152,7 +153,7 @@ def main():
         args.warmup = max(args.warmup, 4)
         # Every model's layers run one code object (transformers' GradientCheckpointingLayer call), whose compiled
         # versions Dynamo caps at 8 per process: past it, the next models' layers would run eagerly.
-        torch._dynamo.config.recompile_limit = 64
+        raise_recompile_limit(64)
     keep_freed_memory()
 
     tokenizer = harness.train_tokenizer(8000)

@@ -337,10 +337,12 @@ def measured_peak_tflops(device: torch.device, smoke: bool) -> float:
 def run_model(device: torch.device, smoke: bool, output_dir: Path, backend: str) -> None:
     from accelerate.utils import compile_regions
 
+    from spanish_moe_bert.training import raise_recompile_limit  # here: it imports `datasets`, which only run_mlm needs
+
     torch.backends.cuda.matmul.allow_tf32 = True
     # The three models' layers all run one code object (transformers' GradientCheckpointingLayer call), whose
     # compiled versions Dynamo caps at 8 per process: past it, the last model's layers would run eagerly.
-    torch._dynamo.config.recompile_limit = 64
+    raise_recompile_limit(64)
     config = small_config() if smoke else SpanishMoEBertConfig()
     batch_size, seq_len, steps = (2, 32, 2) if smoke else (32, 512, 10)
     generator = torch.Generator().manual_seed(0)

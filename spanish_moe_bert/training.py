@@ -23,11 +23,16 @@ def allow_a_compiled_version_per_layer_kind(config, versions_per_kind: int = 4) 
     attention (MHA / GQA / MLA) and FFN (sparse / dense), and each kind can need a version with and without a padding
     mask, with static and then dynamic shapes: `versions_per_kind` (4) versions each. Never lowers the limit; returns
     the limit in force."""
+    kinds = len(set(zip(config.attention_types, config.mlp_layer_types)))
+    return raise_recompile_limit(versions_per_kind * kinds)
+
+
+def raise_recompile_limit(limit: int) -> int:
+    """Let Dynamo keep at least `limit` compiled versions of a code object; never lowers it. Returns the limit."""
     import torch._dynamo.config as dynamo_config
 
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
-    kinds = len(set(zip(config.attention_types, config.mlp_layer_types)))
-    setattr(dynamo_config, name, max(getattr(dynamo_config, name), versions_per_kind * kinds))
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
     return getattr(dynamo_config, name)
 
 

@@ -43,6 +43,7 @@ from spanish_moe_bert.training import (
     RouterMetrics,
     allow_a_compiled_version_per_layer_kind,
     mlm_metrics,
+    raise_recompile_limit,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -363,5 +364,6 @@ def test_torch_compile_keeps_a_compiled_version_of_every_layer_kind():
         run_all_versions()
         dynamo_config.recompile_limit = 64
         assert allow_a_compiled_version_per_layer_kind(config) == 64  # never lowered
+        assert raise_recompile_limit(8) == 64 and raise_recompile_limit(96) == 96
     torch._dynamo.reset()
     assert dynamo_config.recompile_limit == before and not dynamo_config.fail_on_recompile_limit_hit
