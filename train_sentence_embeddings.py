@@ -464,6 +464,7 @@ def argument_parser(training_class: type) -> HfArgumentParser:
         save_strategy="no",
         report_to="none",
         seed=42,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning without a GPU only warns
     )
     return parser
 

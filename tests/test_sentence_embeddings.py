@@ -140,6 +140,16 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
         make_args(mlm_checkpoint, sections_per_document=-1)
 
 
+def test_memory_is_pinned_only_where_a_gpu_takes_it(mlm_checkpoint):
+    """Pinning on a machine without a GPU only makes torch warn at every run; a user's explicit choice still wins."""
+    parser = tse.argument_parser(tse.SentenceTransformerTrainingArguments)
+    argv = ["--model_name_or_path", str(mlm_checkpoint), "--output_dir", "x"]
+    _, default = parser.parse_args_into_dataclasses(args=argv)
+    assert default.dataloader_pin_memory == torch.cuda.is_available()
+    _, explicit = parser.parse_args_into_dataclasses(args=[*argv, "--dataloader_pin_memory", "true"])
+    assert explicit.dataloader_pin_memory is True
+
+
 def test_pair_counts_per_document_reach_the_builders(mlm_checkpoint, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     sub = "La opción cambia el aspecto de todas las páginas del documento abierto y activo."
