@@ -87,6 +87,14 @@ def qwen3_block(config: SpanishMoEBertConfig, implementation: str) -> nn.Module:
     return block
 
 
+def moe_shape(config: SpanishMoEBertConfig) -> str:
+    """The layer's widths as the tables and results files name them."""
+    return (
+        f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
+        f"top-{config.num_experts_per_tok}"
+    )
+
+
 def batched_mm_bytes(config: SpanishMoEBertConfig, tokens: int) -> int:
     """batched_mm gathers each routed slot's expert weights: (tokens * top_k, hidden, 2 * width) floats."""
     return tokens * config.num_experts_per_tok * config.hidden_size * 3 * config.moe_intermediate_size * 4
@@ -242,10 +250,7 @@ def main():
         f"| {r['tokens']} | {r['dtype']} | {r['pass_']} | {r['contender']} | {r['ms']} | {r['x_dense']} |" for r in rows
     ]
     machine = f"{harness.machine_line()}, allocator {args.allocator}"
-    shape = (
-        f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
-        f"top-{config.num_experts_per_tok}"
-    )
+    shape = moe_shape(config)
     print(f"MoE layer: {shape}; {machine}\n")
     print("\n".join([header, *lines]))
     skipped = [t for t in tokens_list if batched_mm_bytes(config, t) > MAX_GATHER_BYTES]

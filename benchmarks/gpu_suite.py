@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_moe import NaiveLoopMoE, qwen3_block  # noqa: E402
+from bench_moe import NaiveLoopMoE, moe_shape, qwen3_block  # noqa: E402
 from harness import active_parameters  # noqa: E402
 
 import modeling_spanish_moe_bert as modeling  # noqa: E402
@@ -255,10 +255,7 @@ def run_moe(device: torch.device, smoke: bool, output_dir: Path) -> None:
     token_counts = [64, 256] if smoke else [4096, 16384, 65536]
     repeats = 1 if smoke else 20
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 8 * 2**30
-    shape = (
-        f"hidden {config.hidden_size}, {config.num_experts} experts x {config.moe_intermediate_size}, "
-        f"top-{config.num_experts_per_tok}"
-    )
+    shape = moe_shape(config)
     rows = []
     for tokens in token_counts:
         models = moe_contenders(config, device, free, tokens)
