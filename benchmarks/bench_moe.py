@@ -10,7 +10,7 @@ Contenders at equal shapes (the default config: hidden 1024, 32 experts of width
 and, fp32 with `F.grouped_mm`, the GEMM floor: the experts' grouped GEMMs alone at balanced loads against dense's
 GEMMs alone (fwd+bwd; no routing, gathers or activation), the lowest ratio the layer could reach here.
 A third such row runs the expert GEMMs as one batched GEMM (`bmm`): what a grouped GEMM that hands whole experts
-to threads would reach.
+to threads would reach; a fourth hands them so, to single-threaded worker threads (no batching).
 
 Timings interleave the contenders round by round and report the median, so machine noise hits all alike.
 The process keeps freed memory for reuse as run_mlm.py does on CPUs (`spanish_moe_bert.cpu`); `--allocator
@@ -30,7 +30,9 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -155,7 +157,9 @@ def gemm_floor(config: SpanishMoEBertConfig, tokens: int, rounds: int) -> dict[s
 
     A third row runs the same expert GEMMs as one `bmm` each (equal loads make them a batch): on the CPU
     `F.grouped_mm` runs one GEMM per expert, each split across the threads, where a batched kernel can hand whole
-    experts to threads. The gap between the two is what small experts lose to threading."""
+    experts to threads. The gap between the two is what small experts lose to threading. A fourth row gives whole
+    experts to single-threaded worker threads, as a CPU grouped GEMM parallel over experts would, at unequal loads
+    too: the workers take consecutive experts of about equal rows (here equal counts)."""
     e, h, i, k = config.num_experts, config.hidden_size, config.moe_intermediate_size, config.num_experts_per_tok
     rows = tokens * k
     offsets = torch.arange(1, e + 1, dtype=torch.int32) * (rows // e)
@@ -185,9 +189,24 @@ def gemm_floor(config: SpanishMoEBertConfig, tokens: int, rounds: int) -> dict[s
         torch.bmm(x[:used].view(e, -1, h), w1).backward(expert_grads[0][:used].view(e, -1, 2 * i))
         torch.bmm(hidden[:used].view(e, -1, i), w2).backward(expert_grads[1][:used].view(e, -1, h))
 
+    threads = torch.get_num_threads()
+    workers = single_threaded_workers(threads)
+    shares = [range(p * e // threads, (p + 1) * e // threads) for p in range(threads)]
+
+    def expert_gemms(experts: range):  # each expert's forward GEMMs, then its input and weight gradients
+        x, w1, hidden, w2 = (t.detach() for t in expert)
+        for n in experts:
+            r = slice(n * (rows // e), (n + 1) * (rows // e))
+            for a, w, grad in ((x[r], w1[n], expert_grads[0][r]), (hidden[r], w2[n], expert_grads[1][r])):
+                a @ w, grad @ w.t(), a.t() @ grad
+
+    def workers_step():
+        list(workers.map(expert_gemms, shares))
+
     steps = {
         "expert GEMMs alone (balanced loads)": expert_step,
         "expert GEMMs alone, one bmm each (balanced loads)": batched_step,
+        "expert GEMMs alone, whole experts to single-threaded workers (balanced loads)": workers_step,
         "dense GEMMs alone": dense_step,
     }
     times = {name: [] for name in steps}
@@ -198,7 +217,21 @@ def gemm_floor(config: SpanishMoEBertConfig, tokens: int, rounds: int) -> dict[s
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
+    workers.shutdown()
     return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
+def single_threaded_workers(count: int) -> ThreadPoolExecutor:
+    """`count` started threads whose GEMMs run on one thread each. torch's thread count is kept per thread (OpenMP's and
+    MKL's are), so the workers' `set_num_threads(1)` leaves the caller's GEMMs on all threads; it does overwrite the
+    process-wide number torch reports, which is put back once every worker has started."""
+    pool = ThreadPoolExecutor(count, initializer=torch.set_num_threads, initargs=(1,))
+    started = threading.Barrier(count + 1)
+    for _ in range(count):  # each task holds its thread until all have started: `count` distinct threads
+        pool.submit(started.wait)
+    started.wait()
+    torch.set_num_threads(count)
+    return pool
 
 
 def main():
