@@ -158,8 +158,8 @@ def gemm_floor(config: SpanishMoEBertConfig, tokens: int, rounds: int) -> dict[s
     A third row runs the same expert GEMMs as one `bmm` each (equal loads make them a batch): on the CPU
     `F.grouped_mm` runs one GEMM per expert, each split across the threads, where a batched kernel can hand whole
     experts to threads. The gap between the two is what small experts lose to threading. A fourth row gives whole
-    experts to single-threaded worker threads, as a CPU grouped GEMM parallel over experts would, at unequal loads
-    too: the workers take consecutive experts of about equal rows (here equal counts)."""
+    experts to single-threaded worker threads, each an equal run of consecutive experts (at these equal loads, equal
+    rows), as a CPU grouped GEMM parallel over experts would; unlike `bmm` it needs no equal loads."""
     e, h, i, k = config.num_experts, config.hidden_size, config.moe_intermediate_size, config.num_experts_per_tok
     rows = tokens * k
     offsets = torch.arange(1, e + 1, dtype=torch.int32) * (rows // e)
