@@ -787,7 +787,10 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "starts_at_zero", False):
+                init.zeros_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, SpanishMoEBertExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
             init.normal_(module.down_proj, mean=0.0, std=out_std)
@@ -864,21 +867,30 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
 
 
 class SpanishMoEBertEmbeddings(nn.Module):
-    """Token (+ token type) embeddings times `config.embedding_scale`; positions enter through RoPE in attention."""
+    """Token (+ token type) embeddings times `config.embedding_scale`; positions enter through RoPE in attention.
+
+    No `token_type_ids` means type 0 for every token, as in BERT: `model(input_ids)` and `model(**tokenizer(text))`
+    (which passes zeros) are the same model. The token-type table starts at zero, so a type no training has seen
+    (type 1 until a sentence-pair fine-tune) adds nothing rather than noise.
+    """
 
     def __init__(self, config: SpanishMoEBertConfig):
         super().__init__()
         self.scale = config.embedding_scale
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.token_type_embeddings = (
-            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
-        )
+        self.token_type_embeddings = None
+        if config.type_vocab_size > 0:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+            self.token_type_embeddings.starts_at_zero = True
         self.dropout = nn.Dropout(config.embedding_dropout)
 
     def forward(self, input_ids=None, token_type_ids=None, inputs_embeds=None):
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        if self.token_type_embeddings is not None and token_type_ids is not None:
-            x = x + self.token_type_embeddings(token_type_ids)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                x = x + self.token_type_embeddings.weight[0]  # type 0 everywhere, without building the ids
+            else:
+                x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(x * self.scale)
 
 

@@ -572,6 +572,24 @@ def test_embeddings_are_scaled_by_the_multiplier(multiplier, expected):
     assert torch.allclose(embeddings(ids), embeddings.word_embeddings(ids) * expected)
 
 
+def test_no_token_type_ids_means_type_0_which_mlm_trains_and_an_unseen_type_adds_nothing():
+    """`model(input_ids)` and `model(**tokenizer(text))` (zeros for a single text) must be one model."""
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMaskedLM(make_config())
+    types = model.model.embeddings.token_type_embeddings.weight
+    assert types.shape[0] == 2 and not types.any()  # an untrained type adds nothing
+    ids = batch()
+    model(ids, labels=ids).loss.backward()  # MLM pre-training passes no token types (run_mlm.py's batches)
+    assert types.grad[0].abs().sum() > 0 and not types.grad[1].any()
+    with torch.no_grad():
+        types.normal_()  # as after a sentence-pair fine-tune
+    model.eval()
+    with torch.no_grad():
+        without = model(ids).logits
+        assert torch.equal(without, model(ids, token_type_ids=torch.zeros_like(ids)).logits)
+        assert not torch.allclose(without, model(ids, token_type_ids=torch.ones_like(ids)).logits)
+
+
 def test_output_bias_starts_at_the_log_unigram_prior():
     model = SpanishMoEBertForMaskedLM(make_config())
     counts = torch.zeros(model.config.vocab_size, dtype=torch.int64)
