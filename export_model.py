@@ -14,6 +14,7 @@ import argparse
 import logging
 
 from spanish_moe_bert.export import DEFAULT_DATASETS, POOLING_MODES, HubPushError, export_model
+from spanish_moe_bert.onnx import MissingOnnxPackages
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             hub_model_id=args.hub_model_id,
             private=args.private,
         )
-    except HubPushError as error:
+    except (HubPushError, MissingOnnxPackages) as error:
         raise SystemExit(f"export_model: {error}") from None
     print(f"Hub-ready model folder: {folder}")
 

@@ -57,6 +57,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from spanish_moe_bert.corpus import iter_corpus
 from spanish_moe_bert.export import SentenceStage, card_datasets, export_model
+from spanish_moe_bert.onnx import require_onnx_packages
 from spanish_moe_bert.pairs import (
     HeldOutParagraphs,
     PairConfig,
@@ -196,6 +197,8 @@ class EmbeddingArguments:
             raise ValueError("--matryoshka_dims needs --encoder dense: a sparse vector has one dimension per word")
         if self.encoder == "sparse" and self.onnx:
             raise ValueError("--onnx needs --encoder dense: the ONNX file holds the encoder, not the SPLADE head")
+        if self.onnx:
+            require_onnx_packages()  # now, not after training
         if self.scale is None:
             self.scale = 1.0 if self.encoder == "sparse" else 20.0
         if not Path(self.model_name_or_path, "config.json").is_file():

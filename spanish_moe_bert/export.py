@@ -43,7 +43,7 @@ from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
 from spanish_moe_bert.callbacks import recorded_mlm_probability
 from spanish_moe_bert.corpus import DEFAULT_DATASET
 from spanish_moe_bert.data import MLM_PROBABILITY, MaskingCollator, local_documents, masked_eval_set, tokenize_stream
-from spanish_moe_bert.onnx import ONNX_PATH, write_onnx
+from spanish_moe_bert.onnx import ONNX_PATH, require_onnx_packages, write_onnx
 from spanish_moe_bert.training import perplexity
 from tokenization_spanish_moe_bert import SpanishSPMTokenizer
 
@@ -539,6 +539,8 @@ def export_model(
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
     if push_to_hub and not hub_model_id:
         raise ValueError("push_to_hub needs hub_model_id, e.g. 'your-name/spanish-moe-bert-mini'")
+    if onnx:
+        require_onnx_packages()
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"{model_dir} holds no config.json: give a folder saved by run_mlm.py or save_pretrained"

@@ -11,6 +11,7 @@ layers export as a loop over experts whose token counts are data-dependent dimen
 onnxruntime against PyTorch on padded batches of two shapes before it keeps the file.
 """
 
+import importlib.util
 import json
 import logging
 import tempfile
@@ -27,10 +28,25 @@ ONNX_PATH = Path("onnx") / "model.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
 TOLERANCE = 1e-4
+REQUIRED_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the exporter, its dynamo back end, the check
 
 
 class OnnxExportError(RuntimeError):
     """The exported graph does not reproduce the PyTorch model."""
+
+
+class MissingOnnxPackages(ImportError):
+    """`--onnx` asked for, and the packages the export needs are not installed."""
+
+
+def require_onnx_packages() -> None:
+    """Raise MissingOnnxPackages naming what is missing, before any work is done rather than after it."""
+    missing = [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingOnnxPackages(
+            f'ONNX export needs {", ".join(missing)} (not installed): pip install -e ".[onnx]" in this project, '
+            f"or pip install {' '.join(REQUIRED_PACKAGES)}"
+        )
 
 
 class _Encoder(nn.Module):

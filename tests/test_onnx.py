@@ -116,3 +116,16 @@ def test_export_model_cli_writes_the_onnx_file_and_a_plain_re_export_removes_it(
     export_model.main([str(hub_folder), "--output_dir", str(folder), "--datasets"])  # weights may differ now
     assert not (folder / onnx_export.ONNX_PATH).exists()
     assert "onnxruntime.InferenceSession" not in (folder / "README.md").read_text()
+
+
+def test_a_missing_onnx_package_is_named_before_any_work(hub_folder, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import export_model
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else find_spec(name))
+    folder = tmp_path / "exported"
+    with pytest.raises(SystemExit, match=r'export_model: ONNX export needs onnxscript \(not installed\).*"\.\[onnx\]"'):
+        export_model.main([str(hub_folder), "--output_dir", str(folder), "--onnx", "--datasets"])
+    assert not folder.exists()

@@ -138,6 +138,13 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
         make_args(tmp_path)
     with pytest.raises(ValueError, match="--sections_per_document must be >= 0, got -1"):
         make_args(mlm_checkpoint, sections_per_document=-1)
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as patch:  # --onnx without the exporter: said before training, not after
+        patch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name))
+        with pytest.raises(ImportError, match=r"ONNX export needs onnx \(not installed\)"):
+            make_args(mlm_checkpoint, onnx=True)
 
 
 def test_memory_is_pinned_only_where_a_gpu_takes_it(mlm_checkpoint):
