@@ -1,6 +1,7 @@
 """ONNX: the exported encoder reproduces PyTorch in onnxruntime (any batch size and length, padding included), and
 its sentence embeddings are those of Sentence Transformers' PyTorch backend."""
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -118,9 +119,7 @@ def test_export_model_cli_writes_the_onnx_file_and_a_plain_re_export_removes_it(
     assert "onnxruntime.InferenceSession" not in (folder / "README.md").read_text()
 
 
-def test_a_missing_onnx_package_is_named_before_any_work(hub_folder, tmp_path, monkeypatch, capsys):
-    import importlib.util
-
+def test_a_missing_onnx_package_is_named_before_any_work(hub_folder, tmp_path, monkeypatch):
     import export_model
 
     find_spec = importlib.util.find_spec

@@ -1,6 +1,7 @@
 """The contrastive stage: router losses reach the experts (also through GradCache), and a tiny run
 exports a folder that a fresh process loads with SentenceTransformer(dir, trust_remote_code=True)."""
 
+import importlib.util
 import json
 import math
 import os
@@ -131,20 +132,17 @@ def test_gradcache_router_losses_add_no_backward_pass(batch_and_model):
     assert len(calls) == sum(-(-f["input_ids"].shape[0] // 2) for f in batch)  # 3 columns x 2 mini-batches
 
 
-def test_bad_arguments_are_named(mlm_checkpoint, tmp_path):
+def test_bad_arguments_are_named(mlm_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--pooling must be one of"):
         make_args(mlm_checkpoint, pooling="max")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         make_args(tmp_path)
     with pytest.raises(ValueError, match="--sections_per_document must be >= 0, got -1"):
         make_args(mlm_checkpoint, sections_per_document=-1)
-    import importlib.util
-
-    find_spec = importlib.util.find_spec
-    with pytest.MonkeyPatch.context() as patch:  # --onnx without the exporter: said before training, not after
-        patch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name))
-        with pytest.raises(ImportError, match=r"ONNX export needs onnx \(not installed\)"):
-            make_args(mlm_checkpoint, onnx=True)
+    find_spec = importlib.util.find_spec  # --onnx without the exporter installed: said before training, not after
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name))
+    with pytest.raises(ImportError, match=r"ONNX export needs onnx \(not installed\)"):
+        make_args(mlm_checkpoint, onnx=True)
 
 
 def test_memory_is_pinned_only_where_a_gpu_takes_it(mlm_checkpoint):
