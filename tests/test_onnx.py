@@ -123,7 +123,11 @@ def test_a_missing_onnx_package_is_named_before_any_work(hub_folder, tmp_path, m
     import export_model
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else find_spec(name))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args, **kwargs: None if name == "onnxscript" else find_spec(name, *args, **kwargs),
+    )
     folder = tmp_path / "exported"
     with pytest.raises(SystemExit, match=r'export_model: ONNX export needs onnxscript \(not installed\).*"\.\[onnx\]"'):
         export_model.main([str(hub_folder), "--output_dir", str(folder), "--onnx", "--datasets"])

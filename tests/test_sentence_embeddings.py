@@ -140,7 +140,11 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--sections_per_document must be >= 0, got -1"):
         make_args(mlm_checkpoint, sections_per_document=-1)
     find_spec = importlib.util.find_spec  # --onnx without the exporter installed: said before training, not after
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args, **kwargs: None if name == "onnx" else find_spec(name, *args, **kwargs),
+    )
     with pytest.raises(ImportError, match=r"ONNX export needs onnx \(not installed\)"):
         make_args(mlm_checkpoint, onnx=True)
 
