@@ -25,6 +25,8 @@ AUTO_MAP = {
     "AutoModelForMaskedLM": "modeling_spanish_moe_bert.SpanishMoEBertForMaskedLM",
     "AutoModelForSequenceClassification": "modeling_spanish_moe_bert.SpanishMoEBertForSequenceClassification",
     "AutoModelForTokenClassification": "modeling_spanish_moe_bert.SpanishMoEBertForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_spanish_moe_bert.SpanishMoEBertForQuestionAnswering",
+    "AutoModelForMultipleChoice": "modeling_spanish_moe_bert.SpanishMoEBertForMultipleChoice",
 }
 
 
@@ -149,8 +151,9 @@ class SpanishMoEBertConfig(PreTrainedConfig):
         self.mlp_layer_types = list(self.mlp_layer_types)
         self.validate_architecture()
         super().__post_init__(**kwargs)
-        if getattr(self, "auto_map", None) is None:
-            self.auto_map = dict(AUTO_MAP)
+        # A checkpoint saved by an older version lacks the heads added since: map them too (saving copies this code),
+        # keeping the entries it has.
+        self.auto_map = dict(AUTO_MAP) | dict(getattr(self, "auto_map", None) or {})
 
     def pattern_layers(self) -> list[str]:
         """`attention_pattern` repeated over the layers: the `attention_types` it stands for."""

@@ -22,6 +22,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
@@ -1144,6 +1146,94 @@ class SpanishMoEBertForTokenClassification(SpanishMoEBertPreTrainedModel):
         )
 
 
+class SpanishMoEBertForQuestionAnswering(SpanishMoEBertPreTrainedModel):
+    """Extractive question answering (SQuAD-es, MLQA): a start and an end logit for every token.
+
+    Feed question and context as a pair (`tokenizer(question, context)`). The loss is BERT's: the mean of the start
+    and end cross-entropies, where a position outside the sequence (an answer truncated away) is clamped to the
+    sequence length and ignored.
+    """
+
+    def __init__(self, config: SpanishMoEBertConfig):
+        super().__init__(config)
+        self.model = SpanishMoEBertModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)  # start, end
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+        start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None, **kwargs,
+    ) -> QuestionAnsweringModelOutput:  # fmt: skip
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        logits = self.qa_outputs(self.dropout(outputs.last_hidden_state))  # (B, T, 2)
+        start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))  # (B, T) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            outside = start_logits.shape[1]
+            start = start_positions.view(-1).clamp(0, outside)
+            end = end_positions.view(-1).clamp(0, outside)
+            loss = (
+                F.cross_entropy(start_logits.float(), start, ignore_index=outside)
+                + F.cross_entropy(end_logits.float(), end, ignore_index=outside)
+            ) / 2
+            loss = loss + router_loss(self.config, outputs)
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+def flatten_choices(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, C, T, ...) -> (B * C, T, ...): every choice becomes a sequence of its own."""
+    return None if tensor is None else tensor.flatten(0, 1)
+
+
+class SpanishMoEBertForMultipleChoice(SpanishMoEBertPreTrainedModel):
+    """Multiple choice (XNLI-style pairs per option, SWAG): each `(batch, choice)` sequence is encoded on its own
+    and scored from its `pooler_output`; the logits `(batch, num_choices)` are those scores."""
+
+    def __init__(self, config: SpanishMoEBertConfig):
+        super().__init__(config)
+        self.model = SpanishMoEBertModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+        labels: torch.Tensor | None = None, **kwargs,
+    ) -> MultipleChoiceModelOutput:  # fmt: skip
+        num_choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        outputs = self.model(
+            input_ids=flatten_choices(input_ids),
+            attention_mask=flatten_choices(attention_mask),
+            token_type_ids=flatten_choices(token_type_ids),
+            position_ids=flatten_choices(position_ids),
+            inputs_embeds=flatten_choices(inputs_embeds),
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)  # (B, C)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.view(-1)) + router_loss(self.config, outputs)
+        return MultipleChoiceModelOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
 # Each class registers under the Auto class the configuration's AUTO_MAP gives it, so that save_pretrained copies
 # the code files into the checkpoint.
 for _auto_class, _reference in AUTO_MAP.items():
@@ -1155,4 +1245,6 @@ __all__ = [
     "SpanishMoEBertForMaskedLM",
     "SpanishMoEBertForSequenceClassification",
     "SpanishMoEBertForTokenClassification",
+    "SpanishMoEBertForQuestionAnswering",
+    "SpanishMoEBertForMultipleChoice",
 ]

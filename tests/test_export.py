@@ -75,6 +75,8 @@ def test_folder_is_a_complete_hub_repo(exported):
         "AutoModelForMaskedLM",
         "AutoModelForSequenceClassification",
         "AutoModelForTokenClassification",
+        "AutoModelForQuestionAnswering",
+        "AutoModelForMultipleChoice",
     }
     assert "AutoTokenizer" in json.loads((exported / "tokenizer_config.json").read_text())["auto_map"]
     assert json.loads((exported / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "cosine"

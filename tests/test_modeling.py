@@ -1,5 +1,6 @@
 """Behaviour of the model core: configuration, encoder, MoE dispatch, heads, saving and remote-code loading."""
 
+import json
 import math
 import os
 import subprocess
@@ -13,10 +14,12 @@ import torch.nn.functional as F
 from tiny_config import make_config
 
 import modeling_spanish_moe_bert as modeling
-from configuration_spanish_moe_bert import SpanishMoEBertConfig
+from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
 from modeling_spanish_moe_bert import (
     DynamicTanh,
     SpanishMoEBertForMaskedLM,
+    SpanishMoEBertForMultipleChoice,
+    SpanishMoEBertForQuestionAnswering,
     SpanishMoEBertForSequenceClassification,
     SpanishMoEBertForTokenClassification,
     SpanishMoEBertModel,
@@ -175,6 +178,54 @@ def test_heads_shapes_and_losses():
     tok = SpanishMoEBertForTokenClassification(config)(ids, labels=torch.zeros_like(ids))
     assert seq.logits.shape == (3, 3) and torch.isfinite(seq.loss)
     assert tok.logits.shape == (3, 16, 3) and torch.isfinite(tok.loss)
+
+
+def test_question_answering_loss_is_berts_and_ignores_answers_truncated_away():
+    config = make_config(router_aux_loss_coef=0.0, router_z_loss_coef=0.0)
+    model = SpanishMoEBertForQuestionAnswering(config).eval()
+    ids = batch()
+    start, end = torch.tensor([2, 40, 5]), torch.tensor([4, 41, 16])  # row 1 lies past the 16 tokens; 16 is past too
+    out = model(ids, start_positions=start, end_positions=end)
+    assert out.start_logits.shape == out.end_logits.shape == (3, 16)
+    kept_start = F.cross_entropy(out.start_logits[[0, 2]], start[[0, 2]])
+    kept_end = F.cross_entropy(out.end_logits[[0]], end[[0]])  # row 2's end (16) is outside too
+    assert torch.allclose(out.loss, (kept_start + kept_end) / 2)
+    from transformers.loss.loss_utils import ForQuestionAnsweringLoss
+
+    assert torch.allclose(out.loss, ForQuestionAnsweringLoss(out.start_logits, out.end_logits, start, end))
+
+
+def test_question_answering_head_learns_to_point_at_the_answer():
+    torch.manual_seed(0)
+    model = SpanishMoEBertForQuestionAnswering(make_config())
+    ids = batch(b=4, seed=1)
+    start, end = torch.tensor([3, 7, 1, 10]), torch.tensor([5, 7, 4, 13])
+    token_types = torch.zeros_like(ids)
+    token_types[:, 6:] = 1  # question, then context: the sentence-pair layout
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = model(ids, token_type_ids=token_types, start_positions=start, end_positions=end).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        out = model(ids, token_type_ids=token_types)
+    assert torch.equal(out.start_logits.argmax(-1), start) and torch.equal(out.end_logits.argmax(-1), end)
+
+
+def test_multiple_choice_scores_each_choice_as_a_sequence_of_its_own():
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMultipleChoice(make_config(router_aux_loss_coef=0.0, router_z_loss_coef=0.0)).eval()
+    ids = batch(b=6).view(2, 3, 16)  # 2 questions, 3 choices each
+    mask = torch.ones_like(ids)
+    mask[0, 1, 10:] = 0  # one choice is shorter
+    labels = torch.tensor([2, 0])
+    out = model(ids, attention_mask=mask, labels=labels)
+    assert out.logits.shape == (2, 3)
+    alone = model(ids[0, 1:2, :10].unsqueeze(0)).logits  # the short choice, unpadded, as a batch of one
+    assert torch.allclose(alone[0, 0], out.logits[0, 1], atol=1e-5)
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits, labels))
 
 
 def test_mlm_loss_is_mlm_plus_weighted_router_losses_and_decoder_is_tied():
@@ -640,11 +691,23 @@ def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
     assert "model.layers.0.mlp.experts.gate_up_proj" in names  # experts stored stacked
 
 
+def test_a_checkpoint_from_before_a_head_existed_maps_every_head_once_saved_again(tmp_path):
+    SpanishMoEBertForMaskedLM(make_config()).save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    saved = json.loads(config_file.read_text())
+    old_map = {k: v for k, v in saved["auto_map"].items() if "QuestionAnswering" not in k and "MultipleChoice" not in k}
+    config_file.write_text(json.dumps(saved | {"auto_map": old_map}))  # what an older version wrote
+    SpanishMoEBertForMaskedLM.from_pretrained(tmp_path / "old").save_pretrained(tmp_path / "new")
+    auto_map = json.loads((tmp_path / "new" / "config.json").read_text())["auto_map"]
+    assert auto_map == AUTO_MAP
+
+
 FRESH_PROCESS_SCRIPT = textwrap.dedent(
     """
     import sys, torch
-    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM,
-                              AutoModelForSequenceClassification, AutoModelForTokenClassification)
+    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForMultipleChoice,
+                              AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
     # A Hub user has the checkpoint folder, not this project: drop the editable install's import hook.
     sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
     try:
@@ -665,6 +728,9 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
     assert torch.allclose(mlm(ids).logits, expected["logits"], atol=1e-6)
     assert torch.allclose(base(ids).pooler_output, expected["pooler"], atol=1e-6)
     assert seq(ids).logits.shape == (1, 3) and tok(ids).logits.shape == (1, 5, 5)
+    qa = AutoModelForQuestionAnswering.from_pretrained(path, trust_remote_code=True)
+    choice = AutoModelForMultipleChoice.from_pretrained(path, trust_remote_code=True)
+    assert qa(ids).start_logits.shape == (1, 5) and choice(ids.expand(2, 5).unsqueeze(0)).logits.shape == (1, 2)
     print("OK")
     """
 )
