@@ -43,11 +43,14 @@ call the tokenizer: ``tokenizer(text, return_tensors="pt")``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import tempfile
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
@@ -136,6 +139,35 @@ def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
         yield text
 
 
+def _alphabet(texts: Iterable[str], normalizer, limit: int) -> list[str]:
+    """The ``limit`` most frequent characters of the normalized texts as BPE sees them (every " " a "▁", one "▁"
+    prepended), ties broken by code point, so the same texts always give the same alphabet."""
+    counts = Counter()
+    for text in texts:
+        normalized = normalizer.normalize_str(text)
+        counts.update(normalized.replace(" ", SPACE))
+        counts[SPACE] += bool(normalized)  # the prepended one
+    counts = +counts  # without the zero an empty text leaves
+    return sorted(sorted(counts, key=lambda char: (-counts[char], char))[:limit])
+
+
+@contextlib.contextmanager
+def _readable_twice(texts: Iterable, reopen: Callable[[], Iterable] | None) -> Iterator[Callable[[], Iterable]]:
+    """A function that gives the texts at every call: ``reopen`` (files are read again), or else the texts copied
+    once to a temporary file, one JSON string a line (a stream is read once; the copy takes as much disk)."""
+    if reopen is not None:
+        yield reopen
+        return
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as copy:
+        copy.writelines(json.dumps(text) + "\n" for text in _checked_texts(texts))
+
+        def read_copy() -> Iterator:
+            copy.seek(0)
+            return (json.loads(line) for line in copy)
+
+        yield read_copy
+
+
 def _batches(texts: Iterator[str], size: int = 1000) -> Iterator[list[str]]:
     while batch := list(islice(texts, size)):
         yield batch
@@ -214,7 +246,10 @@ class SpanishSPMTokenizer(TokenizersBackend):
         """Train a new tokenizer of ``vocab_size`` tokens and return it.
 
         A corpus too small to learn that many merges gives fewer tokens (with a warning): size the
-        model's embeddings with ``len(tokenizer)``.
+        model's embeddings with ``len(tokenizer)``. The same texts and arguments always give the same
+        tokenizer. The texts are read twice (the alphabet, then BPE): files are opened again, and other
+        texts (a generator, a streamed dataset) are copied to a temporary file as they are read, taking
+        as much disk as the text.
 
         Args:
             texts: an iterable of strings (documents or paragraphs, e.g. a streaming ``datasets``
@@ -243,19 +278,28 @@ class SpanishSPMTokenizer(TokenizersBackend):
                     "reading corpus files needs the spanish_moe_bert package (install the project); "
                     "or pass an iterable of strings"
                 ) from err
-            texts = iter_corpus(texts, text_column=text_column, max_documents=max_documents)
-        else:
-            texts = islice(texts, max_documents)
+            paths = texts
 
-        learned_budget = vocab_size - len(RESERVED_TOKENS)
-        trainer = trainers.BpeTrainer(
-            vocab_size=learned_budget,
-            min_frequency=min_frequency,
-            limit_alphabet=min(limit_alphabet, learned_budget // 2),
-            show_progress=show_progress,
-        )
+            def reopen():  # files are read again rather than copied
+                return _checked_texts(iter_corpus(paths, text_column=text_column, max_documents=max_documents))
+
+        else:
+            reopen, texts = None, islice(texts, max_documents)
+
         backend = _build_backend(lowercase=lowercase)
-        backend.train_from_iterator(_batches(_checked_texts(texts)), trainer=trainer)
+        learned_budget = vocab_size - len(RESERVED_TOKENS)
+        with _readable_twice(texts, reopen) as read:
+            # The alphabet is chosen here because the Rust trainer breaks ties in character counts in hash-map
+            # order: a different tokenizer at every run (huggingface/tokenizers#1794).
+            alphabet = _alphabet(read(), backend.normalizer, min(limit_alphabet, learned_budget // 2))
+            trainer = trainers.BpeTrainer(
+                vocab_size=learned_budget,
+                min_frequency=min_frequency,
+                initial_alphabet=alphabet,
+                limit_alphabet=len(alphabet),  # exactly those: the initial alphabet counts as the most frequent
+                show_progress=show_progress,
+            )
+            backend.train_from_iterator(_batches(read()), trainer=trainer)
         trained = json.loads(backend.to_str())["model"]
         if not trained["vocab"]:
             raise ValueError("no training text: the corpus is empty")

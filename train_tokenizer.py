@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from spanish_moe_bert.corpus import DEFAULT_DATASET, iter_corpus, iter_dataset
+from spanish_moe_bert.corpus import DEFAULT_DATASET, iter_dataset
 from tokenization_spanish_moe_bert import TOKENIZER_FILE, SpanishSPMTokenizer
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> SpanishSPMTokenizer:
     if (args.output_dir / TOKENIZER_FILE).exists() and not args.overwrite_output_dir:
         sys.exit(f"{args.output_dir / TOKENIZER_FILE} already exists; pass --overwrite_output_dir to replace it")
     if args.train_file:
-        texts = iter_corpus(args.train_file, text_column=args.text_column, max_documents=args.max_documents)
+        texts = args.train_file  # files, which train_new reads twice (the alphabet, then BPE) instead of copying
         source = ", ".join(map(os.fspath, args.train_file))
     else:
         texts = iter_dataset(
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> SpanishSPMTokenizer:
     start = time.perf_counter()
     tokenizer = SpanishSPMTokenizer.train_new(
         texts,
+        max_documents=args.max_documents,
+        text_column=args.text_column,
         vocab_size=args.vocab_size,
         min_frequency=args.min_frequency,
         lowercase=args.lowercase,

@@ -280,6 +280,25 @@ def test_train_new_from_strings_and_from_jsonl_gz(tmp_path):
     assert from_file.get_vocab() == SpanishSPMTokenizer.train_new(first_texts, vocab_size=600).get_vocab()
 
 
+def test_the_same_texts_always_give_the_same_tokenizer_in_any_form(tmp_path):
+    # 300 characters seen once each, and room for 125 in the alphabet: the tie at the cutoff that tokenizers'
+    # trainer breaks in hash-map order (a different tokenizer each run, huggingface/tokenizers#1794).
+    rare = [chr(0x4E00 + i) for i in range(300)]
+    texts = [f"la casa {char} de la sierra" for char in rare] * 2 + [" ".join(rare)]
+    corpus = tmp_path / "texts.jsonl"
+    corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
+    runs = [
+        SpanishSPMTokenizer.train_new(texts, vocab_size=512),
+        SpanishSPMTokenizer.train_new(iter(texts), vocab_size=512),  # a stream, read once
+        SpanishSPMTokenizer.train_new(corpus, vocab_size=512),  # a file, read twice
+        SpanishSPMTokenizer.train_new(texts, vocab_size=512),
+    ]
+    assert all(run.backend_tokenizer.to_str() == runs[0].backend_tokenizer.to_str() for run in runs[1:])
+    alphabet = {token for token in runs[0].get_vocab() if len(token) == 1 and token not in RESERVED_TOKENS}
+    kept = sorted(alphabet & set(rare))
+    assert 0 < len(kept) < len(rare) and kept == rare[: len(kept)]  # the tie broken by code point
+
+
 def test_train_new_rejects_bad_arguments():
     with pytest.raises(ValueError, match="vocab_size must be an integer >= 512"):
         SpanishSPMTokenizer.train_new(["hola"], vocab_size=100)
