@@ -205,16 +205,21 @@ def test_trains_its_own_tokenizer_when_none_is_given(tmp_path, lowercase):
         output_dir,
         None,
         max_steps=2,
-        tokenizer_vocab_size=600,
-        tokenizer_training_documents=1000,
+        tokenizer_vocab_size=512,
+        tokenizer_training_documents=3000,  # characters seen once, tied at the alphabet's cutoff
         tokenizer_lowercase=str(lowercase).lower(),
     )
     del args[args.index("--tokenizer_name") : args.index("--tokenizer_name") + 2]
     run_mlm.main(args)
     tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
-    assert len(tokenizer) == 600 and tokenizer.do_lower_case == lowercase
+    assert len(tokenizer) == 512 and tokenizer.do_lower_case == lowercase
     assert (tokenizer.tokenize("EL ÁRBOL") == tokenizer.tokenize("el árbol")) == lowercase
-    assert SpanishMoEBertForMaskedLM.from_pretrained(output_dir).config.vocab_size == 600
+    assert SpanishMoEBertForMaskedLM.from_pretrained(output_dir).config.vocab_size == 512
+    # The same run again gives the same tokenizer and the same losses: the seed is all a run needs to repeat.
+    again = tmp_path / "again"
+    run_mlm.main([str(again) if item == str(output_dir) else item for item in args])
+    assert (again / "tokenizer.json").read_bytes() == (output_dir / "tokenizer.json").read_bytes()
+    assert losses_by_step(again) == losses_by_step(output_dir)
 
 
 @pytest.mark.parametrize("disable_tqdm", ["false", "true"])  # the progress bar's lines, or plain prints
