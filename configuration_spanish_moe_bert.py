@@ -83,9 +83,11 @@ class SpanishMoEBertConfig(PreTrainedConfig):
     which `run_mlm.py` calls). Without these, DyT saturates early in training on one direction shared by every
     token, and all tokens end up with the same representation.
 
-    `sparse_prediction`: given `labels`, the masked-LM head runs only at the labelled positions (its 50k-wide
-    decoder is about a third of a token's FLOPs at the published widths) and returns `(num_labelled, vocab_size)`
-    logits, as ModernBERT's option of that name does; without labels it always returns logits at every position.
+    `sparse_prediction`: in training (`model.train()`) with `labels`, the masked-LM head runs only at the labelled
+    positions (its 50k-wide decoder is about a third of a token's FLOPs at the published widths) and returns
+    `(num_labelled, vocab_size)` logits, as ModernBERT's option of that name does. In evaluation and inference
+    (`model.eval()`), with labels or without, the logits cover every position, as every transformers masked LM's do,
+    so metric code written for those (transformers' own `run_mlm.py` example) works unchanged.
     """
 
     model_type = "spanish_moe_bert"

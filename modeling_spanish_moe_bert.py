@@ -991,9 +991,10 @@ def log_unigram_prior(token_counts: torch.Tensor) -> torch.Tensor:
 class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
     """Encoder + MLM head whose decoder is tied to the input embeddings. Loss = MLM + weighted router losses.
 
-    With `labels` and `config.sparse_prediction` (the default, as in ModernBERT) the head and the vocabulary-wide
-    decoder run only at the labelled (masked) positions, and `logits` is `(num_labelled, vocab_size)` in the
-    row-major order of `labels != -100`. Without labels (fill-mask, pipelines) `logits` covers every position.
+    In training with `labels` and `config.sparse_prediction` (the default; ModernBERT's option) the head and the
+    vocabulary-wide decoder run only at the labelled (masked) positions, and `logits` is `(num_labelled, vocab_size)`
+    in the row-major order of `labels != -100`. In eval mode, and without labels (fill-mask, pipelines), `logits` is
+    `(batch, length, vocab_size)`, what evaluation code written for any transformers masked LM expects.
     """
 
     _tied_weights_keys = {"decoder.weight": "model.embeddings.word_embeddings.weight"}
@@ -1045,15 +1046,15 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, H)
-        if labels is not None and self.config.sparse_prediction:
-            labelled = labels != -100
-            hidden_states, labels = hidden_states[labelled], labels[labelled]  # (N, H), (N,)
+        sparse = labels is not None and self.config.sparse_prediction and self.training
+        if sparse:
+            hidden_states = hidden_states[labels != -100]  # (N, H)
         logits = self.decoder(self.head(hidden_states))  # (B, T, V), or (N, V)
         loss = mlm_loss = None
         if labels is not None:
-            mlm_loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
-            )
+            labelled = labels != -100
+            scored = logits if sparse else logits[labelled]  # (N, V): no float copy of the unlabelled positions
+            mlm_loss = F.cross_entropy(scored.float(), labels[labelled])
             loss = mlm_loss + router_loss(self.config, outputs)
         return SpanishMoEBertMaskedLMOutput(
             loss=loss,

@@ -2,11 +2,14 @@
 tuples), embeddings (resize, get/set, tying), loading (safetensors, dtype, device_map), initialisation, batching,
 sparse MLM prediction and torch.compile."""
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_config import make_config
+from transformers import Trainer, TrainingArguments
 
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM, SpanishMoEBertModel
 
@@ -74,22 +77,49 @@ def test_return_dict_false_gives_a_tuple_in_output_order():
     assert isinstance(base, tuple) and base[0].shape == (3, 16, model.config.hidden_size)
 
 
-def test_sparse_prediction_scores_only_the_labelled_positions_and_matches_the_full_head():
+def test_sparse_prediction_scores_only_the_labelled_positions_in_training_and_matches_the_full_head():
     torch.manual_seed(0)
-    model = SpanishMoEBertForMaskedLM(make_config()).eval()
+    model = SpanishMoEBertForMaskedLM(make_config(hidden_dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0))
     ids, mask = padded_batch()
     labels = masked_labels(ids, mask)
-    with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask).logits  # no labels: every position
-        sparse = model(input_ids=ids, attention_mask=mask, labels=labels)
-        model.config.sparse_prediction = False
-        dense = model(input_ids=ids, attention_mask=mask, labels=labels)
     labelled = labels != -100
-    assert full.shape == (3, 16, model.config.vocab_size)
+    with torch.no_grad():
+        sparse = model.train()(input_ids=ids, attention_mask=mask, labels=labels)
+        evaluated = model.eval()(input_ids=ids, attention_mask=mask, labels=labels)
+        full = model(input_ids=ids, attention_mask=mask).logits  # no labels: every position
     assert sparse.logits.shape == (int(labelled.sum()), model.config.vocab_size)
+    assert evaluated.logits.shape == full.shape == (3, 16, model.config.vocab_size)
     assert torch.allclose(sparse.logits, full[labelled], atol=1e-5)
-    assert dense.logits.shape == full.shape
-    assert torch.allclose(sparse.loss, dense.loss, atol=1e-6) and torch.allclose(sparse.mlm_loss, dense.mlm_loss)
+    assert torch.allclose(sparse.mlm_loss, evaluated.mlm_loss, atol=1e-6)
+    assert torch.allclose(evaluated.mlm_loss, F.cross_entropy(full[labelled], labels[labelled]), atol=1e-6)
+
+
+def test_trainer_evaluate_with_the_metrics_of_transformers_run_mlm_example(tmp_path):
+    # transformers/examples/pytorch/language-modeling/run_mlm.py's two metric functions, as written there
+    def preprocess_logits_for_metrics(logits, labels):
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return logits.argmax(dim=-1)
+
+    def compute_metrics(eval_preds):
+        preds, labels = eval_preds
+        labels = labels.reshape(-1)
+        preds = preds.reshape(-1)
+        mask = labels != -100
+        return {"accuracy": float((preds[mask] == labels[mask]).mean())}
+
+    ids, mask = padded_batch(lengths=(16,) * 8)
+    labels = masked_labels(ids, mask)
+    rows = [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(ids, mask, labels)]
+    trainer = Trainer(
+        model=SpanishMoEBertForMaskedLM(make_config()),
+        args=TrainingArguments(tmp_path, per_device_eval_batch_size=3, report_to="none", use_cpu=True),
+        eval_dataset=rows,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+    )
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and math.isfinite(metrics["eval_loss"])
 
 
 def test_a_row_alone_equals_the_same_row_in_a_padded_batch():
