@@ -163,6 +163,14 @@ class PretrainingArguments(TrainingArguments):
     """TrainingArguments with pre-training defaults, a disk budget, precision by GPU generation and regional
     compilation."""
 
+    do_train: bool = field(
+        default=True,
+        metadata={
+            "help": "Train (the default). --do_train false evaluates --model_name_or_path on the validation data "
+            "instead: masked-token loss, accuracy and perplexity in output_dir/eval_results.json; nothing trained or "
+            "exported."
+        },
+    )
     disk_budget_gb: float = field(
         default=300.0,
         metadata={"help": "Most GiB this run may keep in output_dir (checkpoints, logs, final model); see README."},
@@ -218,7 +226,15 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
         parser.set_defaults(**defaults)
         argv = argv[1:]
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    if (model_args.model_config is None) == (model_args.model_name_or_path is None):
+    if not training_args.do_train:
+        if model_args.model_name_or_path is None:
+            raise ValueError("--do_train false evaluates a trained model: give it with --model_name_or_path")
+        model_args.model_config = None  # a training run file's architecture: the trained model has its own
+        if data_args.validation_file is None and data_args.validation_split_percentage == 0:
+            raise ValueError(
+                "--do_train false needs validation data: --validation_file or --validation_split_percentage"
+            )
+    elif (model_args.model_config is None) == (model_args.model_name_or_path is None):
         raise ValueError("give exactly one of --model_config (train from scratch) and --model_name_or_path")
     # The stream restores its own position on resume (see spanish_moe_bert/resume.py); the Trainer must not also
     # skip batches. Our pipeline makes only the columns the collator needs, so none are dropped.
@@ -302,6 +318,9 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     # Reading `device` sets up the process group of torchrun / accelerate launch; only then are rank and size known.
     logger.info(f"process {training_args.process_index} on {training_args.device}")
 
+    if not training_args.do_train:
+        return evaluate_only(model_args, data_args, training_args)
+
     # Data: documents -> (held-out split) -> this rank's shard -> tokens -> blocks, all lazily streamed.
     train_documents, eval_documents = load_documents(data_args)
     tokenizer = load_tokenizer(model_args, training_args, train_documents)
@@ -316,10 +335,7 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     train_stream = ResumableStream(blocks)
     eval_dataset = None
     if eval_documents is not None and (training_args.do_eval or training_args.eval_strategy != "no"):
-        eval_blocks = tokenize_stream(eval_documents, tokenizer, data_args.max_seq_length, data_args.line_by_line)
-        eval_dataset = masked_eval_set(
-            eval_blocks, tokenizer, data_args.mlm_probability, data_args.max_eval_samples, training_args.seed
-        )
+        eval_dataset = validation_set(eval_documents, tokenizer, data_args, training_args.seed)
 
     # Model, and resume: the newest complete checkpoint, and each rank's position in its stream.
     model = build_model(model_args, tokenizer)
@@ -387,6 +403,34 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         raise SystemExit(f"run_mlm: {disk_budget.stop_message}")
     if trainer.is_world_process_zero():
         export(training_args, data_args, metrics, push_to_hub)
+    return metrics
+
+
+def validation_set(documents, tokenizer, data_args, seed: int):
+    """The validation blocks, masked once with `seed` so that every evaluation scores the same positions."""
+    blocks = tokenize_stream(documents, tokenizer, data_args.max_seq_length, data_args.line_by_line)
+    return masked_eval_set(blocks, tokenizer, data_args.mlm_probability, data_args.max_eval_samples, seed)
+
+
+def evaluate_only(model_args, data_args, training_args) -> dict:
+    """--do_train false: the validation metrics of a trained model, written to output_dir/eval_results.json."""
+    if data_args.validation_file:  # no training source needed (and none streamed from the Hub)
+        documents = local_documents(data_args.validation_file, data_args.text_column)
+    else:
+        documents = load_documents(data_args)[1]
+    tokenizer = load_tokenizer(model_args, training_args, None)
+    trainer = MoEMLMTrainer(
+        model=build_model(model_args, tokenizer),
+        args=training_args,
+        eval_dataset=validation_set(documents, tokenizer, data_args, training_args.seed),
+        processing_class=tokenizer,
+        data_collator=MaskingCollator.for_tokenizer(tokenizer, data_args.mlm_probability),
+        compute_metrics=mlm_metrics,
+        preprocess_logits_for_metrics=logits_to_predictions,
+    )
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics, combined=False)
     return metrics
 
 

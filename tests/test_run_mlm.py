@@ -177,6 +177,23 @@ def test_train_evaluate_save(tmp_path, tokenizer_dir):
     assert recorded_mlm_probability(json.loads((output_dir / "trainer_state.json").read_text())) == 0.2
 
 
+def test_do_train_false_evaluates_a_trained_model_and_writes_only_its_metrics(tmp_path, tokenizer_dir):
+    trained = tmp_path / "trained"
+    metrics = run_mlm.main(run_args(trained, tokenizer_dir, max_steps=2, do_eval="true"))
+    evaluated = tmp_path / "evaluated"
+    # The training run's arguments: its --model_config is ignored, the trained model has its own.
+    eval_metrics = run_mlm.main(run_args(evaluated, tokenizer_dir, do_train="false", model_name_or_path=trained))
+    # The same held-out documents, masked with the same seed: the trained run's own final evaluation.
+    assert eval_metrics["eval_mlm_loss"] == pytest.approx(metrics["eval_mlm_loss"], rel=1e-6)
+    assert eval_metrics["eval_accuracy"] == metrics["eval_accuracy"]
+    assert sorted(os.listdir(evaluated)) == ["eval_results.json"]
+    assert (
+        json.loads((evaluated / "eval_results.json").read_text())["eval_perplexity"] == eval_metrics["eval_perplexity"]
+    )
+    with pytest.raises(ValueError, match="--do_train false evaluates a trained model"):
+        run_mlm.parse_args([str(arg) for arg in run_args(evaluated, tokenizer_dir, do_train="false")])
+
+
 @pytest.mark.slow
 def test_torch_compile_trains_the_same_losses_as_eager(tmp_path, tokenizer_dir, monkeypatch):
     monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
