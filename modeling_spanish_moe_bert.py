@@ -1046,13 +1046,13 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, H)
-        sparse = labels is not None and self.config.sparse_prediction and self.training
+        labelled = None if labels is None else labels != -100
+        sparse = labelled is not None and self.config.sparse_prediction and self.training
         if sparse:
-            hidden_states = hidden_states[labels != -100]  # (N, H)
+            hidden_states = hidden_states[labelled]  # (N, H)
         logits = self.decoder(self.head(hidden_states))  # (B, T, V), or (N, V)
         loss = mlm_loss = None
-        if labels is not None:
-            labelled = labels != -100
+        if labelled is not None:
             scored = logits if sparse else logits[labelled]  # (N, V): no float copy of the unlabelled positions
             mlm_loss = F.cross_entropy(scored.float(), labels[labelled])
             loss = mlm_loss + router_loss(self.config, outputs)
