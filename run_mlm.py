@@ -125,7 +125,9 @@ class DataTrainingArguments:
         metadata={"help": "Percent of documents held out for validation (by content hash) when no --validation_file."},
     )
     max_eval_samples: int = field(default=500, metadata={"help": "Validation examples (blocks) scored per evaluation."})
-    max_seq_length: int = field(default=512, metadata={"help": "Tokens per training example."})
+    max_seq_length: int = field(
+        default=512, metadata={"help": "Tokens per training example, at most the model's max_position_embeddings."}
+    )
     line_by_line: bool = field(
         default=False,
         metadata={"help": "One example per document (truncated, padded) instead of packing documents into blocks."},
@@ -263,7 +265,28 @@ def load_documents(data_args: DataTrainingArguments):
     return documents, None
 
 
-def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments, train_documents):
+def architecture(model_args: ModelArguments, data_args: DataTrainingArguments) -> SpanishMoEBertConfig:
+    """The model's config: the saved model's, or --model_config with --config_overrides (its vocabulary still to be
+    sized to the tokenizer). Checked against the data: no block may be longer than the model's positions."""
+    if model_args.model_name_or_path is not None:
+        config = SpanishMoEBertConfig.from_pretrained(model_args.model_name_or_path)
+        longer = "use a model trained with longer positions"
+    else:
+        config = SpanishMoEBertConfig.from_json_file(model_args.model_config)
+        if model_args.config_overrides:
+            config.update_from_string(model_args.config_overrides)
+        longer = (
+            f"train one with longer positions (--config_overrides max_position_embeddings={data_args.max_seq_length})"
+        )
+    if data_args.max_seq_length > config.max_position_embeddings:
+        raise ValueError(
+            f"--max_seq_length {data_args.max_seq_length} is longer than the model's max_position_embeddings "
+            f"({config.max_position_embeddings}): lower it to at most {config.max_position_embeddings}, or {longer}"
+        )
+    return config
+
+
+def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments, train_documents, max_length: int):
     source = model_args.tokenizer_name or model_args.model_name_or_path
     if source is not None:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=True)
@@ -279,21 +302,21 @@ def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments,
             )
             texts = (doc["text"] for doc in islice(train_documents, model_args.tokenizer_training_documents))
             tokenizer = SpanishSPMTokenizer.train_new(
-                texts, vocab_size=model_args.tokenizer_vocab_size, lowercase=model_args.tokenizer_lowercase
+                texts,
+                vocab_size=model_args.tokenizer_vocab_size,
+                lowercase=model_args.tokenizer_lowercase,
+                model_max_length=max_length,
             )
             tokenizer.save_pretrained(output_dir)
         return AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
 
 
-def build_model(model_args: ModelArguments, tokenizer) -> SpanishMoEBertForMaskedLM:
+def build_model(model_args: ModelArguments, config: SpanishMoEBertConfig, tokenizer) -> SpanishMoEBertForMaskedLM:
     if model_args.model_name_or_path is not None:
-        model = SpanishMoEBertForMaskedLM.from_pretrained(model_args.model_name_or_path)
+        model = SpanishMoEBertForMaskedLM.from_pretrained(model_args.model_name_or_path, config=config)
         if len(tokenizer) > model.config.vocab_size:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the model only {model.config.vocab_size}")
         return model
-    config = SpanishMoEBertConfig.from_json_file(model_args.model_config)
-    if model_args.config_overrides:
-        config.update_from_string(model_args.config_overrides)
     config.vocab_size = len(tokenizer)
     config.pad_token_id = tokenizer.pad_token_id
     config.validate_architecture()
@@ -318,12 +341,13 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     # Reading `device` sets up the process group of torchrun / accelerate launch; only then are rank and size known.
     logger.info(f"process {training_args.process_index} on {training_args.device}")
 
+    config = architecture(model_args, data_args)
     if not training_args.do_train:
-        return evaluate_only(model_args, data_args, training_args)
+        return evaluate_only(model_args, data_args, training_args, config)
 
     # Data: documents -> (held-out split) -> this rank's shard -> tokens -> blocks, all lazily streamed.
     train_documents, eval_documents = load_documents(data_args)
-    tokenizer = load_tokenizer(model_args, training_args, train_documents)
+    tokenizer = load_tokenizer(model_args, training_args, train_documents, config.max_position_embeddings)
     blocks = tokenize_stream(
         shard_for_rank(train_documents, training_args.process_index, training_args.world_size),
         tokenizer,
@@ -338,7 +362,7 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         eval_dataset = validation_set(eval_documents, tokenizer, data_args, training_args.seed)
 
     # Model, and resume: the newest complete checkpoint, and each rank's position in its stream.
-    model = build_model(model_args, tokenizer)
+    model = build_model(model_args, config, tokenizer)
     logger.info(f"model: {model.num_parameters():,} parameters, vocabulary {model.config.vocab_size}")
     if training_args.torch_compile:
         limit = allow_a_compiled_version_per_layer_kind(model.config)
@@ -412,15 +436,15 @@ def validation_set(documents, tokenizer, data_args, seed: int):
     return masked_eval_set(blocks, tokenizer, data_args.mlm_probability, data_args.max_eval_samples, seed)
 
 
-def evaluate_only(model_args, data_args, training_args) -> dict:
+def evaluate_only(model_args, data_args, training_args, config: SpanishMoEBertConfig) -> dict:
     """--do_train false: the validation metrics of a trained model, written to output_dir/eval_results.json."""
     if data_args.validation_file:  # no training source needed (and none streamed from the Hub)
         documents = local_documents(data_args.validation_file, data_args.text_column)
     else:
         documents = load_documents(data_args)[1]
-    tokenizer = load_tokenizer(model_args, training_args, None)
+    tokenizer = load_tokenizer(model_args, training_args, None, config.max_position_embeddings)
     trainer = MoEMLMTrainer(
-        model=build_model(model_args, tokenizer),
+        model=build_model(model_args, config, tokenizer),
         args=training_args,
         eval_dataset=validation_set(documents, tokenizer, data_args, training_args.seed),
         processing_class=tokenizer,

@@ -205,6 +205,12 @@ class EmbeddingArguments:
             raise FileNotFoundError(
                 f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)"
             )
+        positions = json.loads(Path(self.model_name_or_path, "config.json").read_text())["max_position_embeddings"]
+        if self.max_seq_length > positions:
+            raise ValueError(
+                f"--max_seq_length {self.max_seq_length} is longer than the model's max_position_embeddings "
+                f"({positions}): lower it to at most {positions}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -194,6 +194,32 @@ def test_do_train_false_evaluates_a_trained_model_and_writes_only_its_metrics(tm
         run_mlm.parse_args([str(arg) for arg in run_args(evaluated, tokenizer_dir, do_train="false")])
 
 
+def test_blocks_longer_than_the_model_s_positions_are_refused_before_anything_is_written(tmp_path, tokenizer_dir):
+    output_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"--max_seq_length 256 .* max_position_embeddings \(128\).*at most 128"):
+        run_mlm.main(run_args(output_dir, tokenizer_dir, max_seq_length=256))
+    assert not output_dir.exists()
+    # The model's positions can be raised for a model trained from scratch; a trained model's are its own.
+    overridden = tmp_path / "longer"
+    run_mlm.main(
+        run_args(
+            overridden,
+            tokenizer_dir,
+            max_seq_length=256,
+            config_overrides="max_position_embeddings=256",
+            max_steps=1,
+            validation_split_percentage=0,
+        )
+    )
+    assert SpanishMoEBertForMaskedLM.config_class.from_pretrained(overridden).max_position_embeddings == 256
+    with pytest.raises(ValueError, match=r"--max_seq_length 512 .*\(256\).*use a model trained with longer"):
+        run_mlm.main(
+            run_args(
+                tmp_path / "eval", tokenizer_dir, max_seq_length=512, do_train="false", model_name_or_path=overridden
+            )
+        )
+
+
 @pytest.mark.slow
 def test_torch_compile_trains_the_same_losses_as_eager(tmp_path, tokenizer_dir, monkeypatch):
     monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
@@ -230,6 +256,7 @@ def test_trains_its_own_tokenizer_when_none_is_given(tmp_path, lowercase):
     run_mlm.main(args)
     tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
     assert len(tokenizer) == 512 and tokenizer.do_lower_case == lowercase
+    assert tokenizer.model_max_length == 128  # tiny.json's max_position_embeddings: truncation fits the model
     assert (tokenizer.tokenize("EL ÁRBOL") == tokenizer.tokenize("el árbol")) == lowercase
     assert SpanishMoEBertForMaskedLM.from_pretrained(output_dir).config.vocab_size == 512
     # The same run again gives the same tokenizer and the same losses: the seed is all a run needs to repeat.
@@ -343,7 +370,8 @@ class DiskSpy(TrainerCallback):
 
 def test_disk_budget_removes_old_checkpoints_and_never_crosses(tmp_path, tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=True)
-    model = run_mlm.build_model(run_mlm.parse_args(run_args(tmp_path, tokenizer_dir))[0], tokenizer)
+    model_args, data_args, _ = run_mlm.parse_args(run_args(tmp_path, tokenizer_dir))
+    model = run_mlm.build_model(model_args, run_mlm.architecture(model_args, data_args), tokenizer)
     estimate = DiskBudgetCallback(1, tmp_path, model.num_parameters(), run_mlm.saved_bytes(tokenizer))
     # Room for two checkpoints and the final model, not three: each save must remove the oldest checkpoint.
     budget_gb = (2.5 * estimate.first_checkpoint_bytes + estimate.final_model_bytes) / 1024**3

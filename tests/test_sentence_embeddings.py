@@ -137,6 +137,8 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path, monkeypatch):
         make_args(mlm_checkpoint, pooling="max")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         make_args(tmp_path)
+    with pytest.raises(ValueError, match=r"--max_seq_length 129 .* max_position_embeddings \(128\).* at most 128"):
+        make_args(mlm_checkpoint, max_seq_length=129)
     with pytest.raises(ValueError, match="--sections_per_document must be >= 0, got -1"):
         make_args(mlm_checkpoint, sections_per_document=-1)
     find_spec = importlib.util.find_spec  # --onnx without the exporter installed: said before training, not after
