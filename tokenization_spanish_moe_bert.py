@@ -36,6 +36,9 @@ of a special token ("[CLS]", "[MASK]", ...) is encoded as that special token, so
 ``skip_special_tokens=True`` removes it. Strings with lone surrogates (not valid Unicode text) are
 rejected with a ``ValueError``.
 
+Offsets (``return_offsets_mapping=True``) start at a word's first character, after the space its "▁" stands for,
+as BERT's and XLM-R's do; a piece of whitespace alone keeps its span.
+
 ``encode`` keeps its Hugging Face meaning (a list of ids, or a ``[1, length]`` tensor with
 ``return_tensors="pt"``). For a dict with ``input_ids``, ``token_type_ids`` and ``attention_mask``,
 call the tokenizer: ``tokenizer(text, return_tensors="pt")``.
@@ -126,6 +129,32 @@ def _raise_on_lone_surrogate(texts) -> None:
                 )
         elif isinstance(item, (list, tuple)):
             stack.extend(reversed(item))
+
+
+def _offsets_without_leading_spaces(encoded, text, text_pair, single: bool) -> None:
+    """Start every token's ``offset_mapping`` span after the whitespace it begins with, as BERT's and XLM-R's do.
+
+    The Rust offsets include the space a "▁" stands for ("▁en" in "vive en" is " en"), so text cut by offsets
+    starts with a space, and every tool that finds words by gaps between spans (transformers' whole-word
+    masking, the token-classification pipeline's entity starts) sees one word per text. A span of whitespace
+    only (a lone "▁", a newline) is left as it is. The Rust encodings (``token_to_chars``) keep their spans.
+    """
+    batched = isinstance(text, (list, tuple))
+    firsts = list(text) if batched else [text]
+    seconds = list(text_pair) if batched and text_pair is not None else [text_pair] * len(firsts)
+    samples = encoded.get("overflow_to_sample_mapping", range(len(encoded.encodings)))
+    rows = []
+    for encoding, sample in zip(encoded.encodings, samples):
+        sources = (firsts[sample], seconds[sample])
+        row = encoding.offsets
+        for i, ((start, end), sequence) in enumerate(zip(row, encoding.sequence_ids)):
+            if sequence is not None and start < end and sources[sequence][start].isspace():
+                span = sources[sequence][start:end]
+                spaces = len(span) - len(span.lstrip())
+                if spaces < len(span):
+                    row[i] = (start + spaces, end)
+        rows.append(row)
+    encoded["offset_mapping"] = rows[0] if single else rows
 
 
 def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
@@ -351,11 +380,19 @@ class SpanishSPMTokenizer(TokenizersBackend):
         )
 
     def _encode_plus(self, text, text_pair=None, **kwargs):
+        trim = kwargs.get("return_offsets_mapping") and not kwargs.get("is_split_into_words")
+        return_tensors = kwargs.pop("return_tensors", None)
         try:
-            return super()._encode_plus(text, text_pair, **kwargs)
+            encoded = super()._encode_plus(text, text_pair, return_tensors=None if trim else return_tensors, **kwargs)
         except TypeError:  # the Rust side only says "TextInputSequence must be str"
             _raise_on_lone_surrogate([text, text_pair])
             raise
+        if not trim:
+            return encoded
+        single = not isinstance(text, (list, tuple)) and not kwargs.get("return_overflowing_tokens")
+        _offsets_without_leading_spaces(encoded, text, text_pair, single)
+        encoded.convert_to_tensors(return_tensors, prepend_batch_axis=single)
+        return encoded
 
     def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
         """Write ``tokenizer.json`` and, for SentencePiece users, the equivalent ``tokenizer.model``."""

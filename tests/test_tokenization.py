@@ -133,6 +133,111 @@ def test_mask_token_absorbs_the_space_before_it(tokenizer):
     assert tokens[:4] == ["[CLS]", f"{SPACE}El", "[MASK]", f"{SPACE}es"]
 
 
+def assert_spans_hold_their_pieces(tokenizer, encoded, sources, row: int | None = None) -> int:
+    """Every piece's `offset_mapping` span (of batch row `row`) is the piece's own text: no space before it (the "▁"
+    stands for one), and the same characters. Byte pieces and whitespace are skipped. Returns how many pieces
+    were checked."""
+    checked = 0
+    ids, offsets = (encoded[key] if row is None else encoded[key][row] for key in ("input_ids", "offset_mapping"))
+    tokens = tokenizer.convert_ids_to_tokens(list(ids))
+    for token, (start, end), sequence in zip(tokens, offsets, encoded.sequence_ids(row or 0)):
+        start, end = int(start), int(end)
+        if sequence is None or token in BYTE_TOKENS or not token.strip(SPACE).strip():
+            continue
+        span = sources[sequence][start:end]
+        expected = "[MASK]" if token == "[MASK]" else token.removeprefix(SPACE)
+        # (the Rust normalizer maps a composed character to its first code point: "e" + U+0301 -> "é" spans "e")
+        nfd = unicodedata.normalize("NFD", span)
+        assert nfd and unicodedata.normalize("NFD", expected).startswith(nfd), (token, span, sources[sequence])
+        checked += 1
+    return checked
+
+
+def test_offsets_start_at_the_word_not_at_the_space_before_it(tokenizer, real_paragraphs):
+    text = "vive en Madrid"
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"])
+    assert encoded["offset_mapping"][tokens.index(f"{SPACE}en")] == (5, 7)  # "en", not " en"
+    edge = [
+        assert_spans_hold_their_pieces(tokenizer, tokenizer(t, return_offsets_mapping=True), (t,)) for t in EDGE_TEXTS
+    ]
+    assert sum(edge) > 100
+    batch = tokenizer(real_paragraphs, return_offsets_mapping=True)
+    assert sum(assert_spans_hold_their_pieces(tokenizer, batch, (t,), i) for i, t in enumerate(real_paragraphs)) > 1e5
+    # "[MASK]" swallows the space before it (lstrip), its span does not.
+    masked = "El [MASK] es  bueno."
+    encoded = tokenizer(masked, return_offsets_mapping=True)
+    assert assert_spans_hold_their_pieces(tokenizer, encoded, (masked,)) == 6  # El [MASK] es b ueno .
+    # A span of whitespace alone keeps its characters: the lone "▁" of a double space, a leading space.
+    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"])
+    assert masked[slice(*encoded["offset_mapping"][tokens.index(SPACE)])] == " "
+    assert tokenizer(" Hola", return_offsets_mapping=True)["offset_mapping"][1][0] == 1
+
+
+def test_offsets_of_pairs_batches_tensors_and_overflowing_windows(tokenizer):
+    question, context = "¿Dónde vive?", "Vive en Madrid, en una casa grande cerca del río Manzanares."
+    pair = tokenizer(question, context, return_offsets_mapping=True)
+    assert assert_spans_hold_their_pieces(tokenizer, pair, (question, context)) >= 12
+    tensors = tokenizer([question, "Hola"], [context, "mundo"], padding=True, return_offsets_mapping=True,
+                        return_tensors="pt")  # fmt: skip
+    assert tensors["offset_mapping"].shape == (*tensors["input_ids"].shape, 2)
+    assert tensors["offset_mapping"][0, : len(pair["input_ids"])].tolist() == [list(o) for o in pair["offset_mapping"]]
+    assert tokenizer(question, return_offsets_mapping=True, return_tensors="pt")["offset_mapping"].shape[0] == 1
+    # Question answering's sliding windows (transformers' run_qa.py): each window's spans are in the context.
+    windows = tokenizer(question, context, truncation="only_second", max_length=16, stride=4,
+                        return_overflowing_tokens=True, return_offsets_mapping=True)  # fmt: skip
+    assert len(windows["input_ids"]) > 2 and set(windows["overflow_to_sample_mapping"]) == {0}
+    for i in range(len(windows["input_ids"])):
+        assert assert_spans_hold_their_pieces(tokenizer, windows, (question, context), i) > 5
+    batched_windows = tokenizer([question, "¿Y tú?"], [context, context], truncation="only_second", max_length=16,
+                                stride=4, return_overflowing_tokens=True, return_offsets_mapping=True)  # fmt: skip
+    for i, sample in enumerate(batched_windows["overflow_to_sample_mapping"]):
+        questions = (question, "¿Y tú?")[sample]
+        assert assert_spans_hold_their_pieces(tokenizer, batched_windows, (questions, context), i) > 2
+
+
+def test_transformers_whole_word_masking_masks_words(tokenizer):
+    """transformers' collator finds words by gaps between offsets: with spans that began at the space, a whole text
+    was one word, masked entirely or not at all."""
+    from transformers import DataCollatorForLanguageModeling
+
+    text = "El perro de María come pan en la cocina grande, ¿verdad?"
+    features = [tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)] * 8
+    tokens = tokenizer.convert_ids_to_tokens(features[0]["input_ids"])
+    words, word_of = 0, []  # a word starts at each "▁"; punctuation joins the word before it
+    for token in tokens:
+        words += token.startswith(SPACE)
+        word_of.append(None if token in ("[CLS]", "[SEP]") else words)
+    assert words == len(text.split())
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3, whole_word_mask=True, seed=0)
+    masked = collator(features)["labels"] != -100
+    masked_words = []
+    for row in masked.tolist():
+        chosen = {w for w, m in zip(word_of, row) if m}
+        assert all(m == (w in chosen) for w, m in zip(word_of, row) if w is not None), row  # all of a word or none
+        masked_words.append(len(chosen))
+    assert 0 < sum(masked_words) / len(masked_words) < words and max(masked_words) < words, masked_words
+
+
+def test_token_classification_pipeline_entities_start_at_their_words(tokenizer):
+    from transformers import pipeline
+
+    from configuration_spanish_moe_bert import SpanishMoEBertConfig
+    from modeling_spanish_moe_bert import SpanishMoEBertForTokenClassification
+
+    labels = ["O", "B-PER", "I-PER"]
+    config = SpanishMoEBertConfig.from_json_file(REPO / "configs" / "tiny.json")
+    config.update({"vocab_size": len(tokenizer), "id2label": dict(enumerate(labels))})
+    model = SpanishMoEBertForTokenClassification(config).eval()
+    with torch.no_grad():  # every piece a person of its own: one entity per piece
+        model.classifier.bias.copy_(torch.tensor([0.0, 50.0, 0.0]))
+    ner = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")
+    sentence = "Ayer María Pérez habló con Juan en Madrid."
+    entities = ner(sentence)
+    assert len(entities) == len(tokenizer.tokenize(sentence))
+    assert [sentence[e["start"] : e["end"]] for e in entities] == [e["word"] for e in entities]  # no " María"
+
+
 def test_round_trip_on_real_spanish(tokenizer, real_paragraphs):
     encodings = tokenizer(real_paragraphs)["input_ids"]
     decoded = tokenizer.batch_decode(encodings, skip_special_tokens=True)
