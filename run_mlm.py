@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoTokenizer, HfArgumentParser, TrainerState, TrainingArguments, set_seed
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
@@ -368,7 +368,12 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         limit = allow_a_compiled_version_per_layer_kind(model.config)
         logger.info(f"torch.compile: up to {limit} compiled versions of the encoder layer (Dynamo's recompile limit)")
     checkpoint = resume_checkpoint(training_args, train_stream)
-    if checkpoint is not None:
+    finished = finished_state(checkpoint, training_args.max_steps)
+    if finished is not None:
+        # The Trainer would still run a step (the stream, not the Trainer, skips what was read): train none.
+        logger.info(f"{checkpoint} is this run's last step ({finished.global_step}): nothing left to train")
+        model = SpanishMoEBertForMaskedLM.from_pretrained(checkpoint)
+    elif checkpoint is not None:
         logger.info(f"resuming from {checkpoint}")
     elif model_args.model_name_or_path is None and model_args.output_prior_examples > 0:
         # From scratch, the output bias starts at the unigram prior, counted on the same (unsharded) blocks by
@@ -405,19 +410,23 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
             *extra_callbacks,
         ],
     )
-    try:
-        train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except NonFiniteLossError as error:
-        logger.error(str(error))
-        raise SystemExit(f"run_mlm: {error}") from None
-    metrics = train_result.metrics
-    trainer.log_metrics("train", metrics)
+    if finished is None:
+        try:
+            train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except NonFiniteLossError as error:
+            logger.error(str(error))
+            raise SystemExit(f"run_mlm: {error}") from None
+        metrics = train_result.metrics
+        trainer.log_metrics("train", metrics)
+    else:  # the same command run again after the run ended (or died saving): save, evaluate and export its end
+        trainer.state, metrics = finished, {}
 
     # Save: the final model and tokenizer go into output_dir itself, if the disk budget allows.
     if disk_budget.room_for_final_model(trainer.is_world_process_zero()):
         trainer.save_model()
         trainer.save_state()
-        trainer.save_metrics("train", metrics)
+        if metrics:
+            trainer.save_metrics("train", metrics)
     if eval_dataset is not None:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
@@ -428,6 +437,20 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     if trainer.is_world_process_zero():
         export(training_args, data_args, metrics, push_to_hub)
     return metrics
+
+
+def finished_state(checkpoint: Path | None, max_steps: int) -> TrainerState | None:
+    """The Trainer state of `checkpoint` if it is the run's last step (`max_steps` reached), else None. The state the
+    run saved at its end (with the training summary in its log) if it got there, else the checkpoint's."""
+    if checkpoint is None:
+        return None
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    if state.global_step < max_steps:
+        return None
+    final = checkpoint.parent / "trainer_state.json"
+    if final.is_file() and (saved := TrainerState.load_from_json(str(final))).global_step == state.global_step:
+        return saved
+    return state
 
 
 def validation_set(documents, tokenizer, data_args, seed: int):

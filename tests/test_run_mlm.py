@@ -220,6 +220,30 @@ def test_blocks_longer_than_the_model_s_positions_are_refused_before_anything_is
         )
 
 
+def test_the_same_command_after_the_run_ended_trains_nothing_and_finishes_a_run_that_died_saving(
+    tmp_path, tokenizer_dir, file_hashes
+):
+    output_dir = tmp_path / "run"
+    args = run_args(output_dir, tokenizer_dir, max_steps=3, save_steps=3, do_eval="true")
+    first = run_mlm.main(args)
+    before = file_hashes(output_dir)
+    # Run again: the Trainer would have trained a 4th step (the stream skips the data read, not the Trainer) and
+    # replaced the finished model.
+    again = run_mlm.main(args)
+    assert again["eval_mlm_loss"] == first["eval_mlm_loss"] and "train_loss" not in again
+    changed = {name for name, digest in file_hashes(output_dir).items() if before.get(name) != digest}
+    assert changed == {"eval_results.json", "all_results.json"}, changed  # the evaluation's runtime
+    assert sorted(losses_by_step(output_dir)) == [1, 2, 3] and not (output_dir / "checkpoint-4").exists()
+    # Killed after its last checkpoint, before the final save: the same command saves and exports that checkpoint.
+    for name in ("model.safetensors", "trainer_state.json", "README.md"):
+        (output_dir / name).unlink()
+    run_mlm.main(args)
+    assert (output_dir / "model.safetensors").read_bytes() == (
+        output_dir / "checkpoint-3" / "model.safetensors"
+    ).read_bytes()
+    assert "README.md" in os.listdir(output_dir) and sorted(losses_by_step(output_dir)) == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_torch_compile_trains_the_same_losses_as_eager(tmp_path, tokenizer_dir, monkeypatch):
     monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
