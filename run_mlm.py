@@ -368,6 +368,8 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         limit = allow_a_compiled_version_per_layer_kind(model.config)
         logger.info(f"torch.compile: up to {limit} compiled versions of the encoder layer (Dynamo's recompile limit)")
     checkpoint = resume_checkpoint(training_args, train_stream)
+    if checkpoint is not None:
+        check_same_architecture(checkpoint, model.config)
     finished = finished_state(checkpoint, training_args.max_steps)
     if finished is not None:
         # The Trainer would still run a step (the stream, not the Trainer, skips what was read): train none.
@@ -437,6 +439,20 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     if trainer.is_world_process_zero():
         export(training_args, data_args, metrics, push_to_hub)
     return metrics
+
+
+def check_same_architecture(checkpoint: Path, config: SpanishMoEBertConfig) -> None:
+    """Raise a ValueError naming every config field in which `checkpoint` differs from the model this command
+    builds (a run resumed with another --model_config or --config_overrides), before its weights fail to load."""
+    ignored = {"architectures", "dtype", "transformers_version", "_name_or_path", "auto_map"}
+    saved, wanted = SpanishMoEBertConfig.from_pretrained(checkpoint).to_dict(), config.to_dict()
+    differ = [key for key in sorted((saved.keys() | wanted.keys()) - ignored) if saved.get(key) != wanted.get(key)]
+    if differ:
+        fields = ", ".join(f"{key}={saved.get(key)!r} (now {wanted.get(key)!r})" for key in differ)
+        raise ValueError(
+            f"{checkpoint} was trained with {fields}: resume it with the same --model_config and --config_overrides, "
+            "or give another --output_dir"
+        )
 
 
 def finished_state(checkpoint: Path | None, max_steps: int) -> TrainerState | None:

@@ -234,6 +234,11 @@ def test_the_same_command_after_the_run_ended_trains_nothing_and_finishes_a_run_
     changed = {name for name, digest in file_hashes(output_dir).items() if before.get(name) != digest}
     assert changed == {"eval_results.json", "all_results.json"}, changed  # the evaluation's runtime
     assert sorted(losses_by_step(output_dir)) == [1, 2, 3] and not (output_dir / "checkpoint-4").exists()
+    # Another architecture in the same output_dir: named before the checkpoint's weights fail to load, nothing touched.
+    before = file_hashes(output_dir)
+    with pytest.raises(ValueError, match=r"checkpoint-3 was trained with num_experts=8 \(now 4\): resume it with"):
+        run_mlm.main(run_args(output_dir, tokenizer_dir, max_steps=5, config_overrides="num_experts=4"))
+    assert file_hashes(output_dir) == before
     # Killed after its last checkpoint, before the final save: the same command saves and exports that checkpoint.
     for name in ("model.safetensors", "trainer_state.json", "README.md"):
         (output_dir / name).unlink()
