@@ -40,7 +40,7 @@ class WritesMarker:
         self.marker = marker
 
     def __reduce__(self):
-        return builtins.exec, (f"open({str(self.marker)!r}, 'w').write('unpickled')",)
+        return builtins.exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).write_text('unpickled')",)
 
 
 def tiny_model() -> SpanishMoEBertForMaskedLM:

@@ -149,7 +149,7 @@ def test_no_text_of_a_held_out_document_reaches_the_training_pairs():
 
 def test_bundled_dev_set_is_consistent_and_excluded_from_the_demo_corpus():
     held = HeldOutParagraphs.from_file(DEV_DIR / "heldout_paragraphs.txt")
-    queries = [json.loads(line) for line in (DEV_DIR / "queries.jsonl").open(encoding="utf-8")]
+    queries = [json.loads(line) for line in (DEV_DIR / "queries.jsonl").read_text(encoding="utf-8").splitlines()]
     assert all(paragraph_key(q["query"]) in held.keys for q in queries)
     sample_lines = (REPO / "data" / "es_corpus_sample.txt").read_text(encoding="utf-8").splitlines()
     sample = [line for line in sample_lines if line]

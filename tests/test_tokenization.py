@@ -209,7 +209,9 @@ def test_transformers_whole_word_masking_masks_words(tokenizer):
         words += token.startswith(SPACE)
         word_of.append(None if token in ("[CLS]", "[SEP]") else words)
     assert words == len(text.split())
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3, whole_word_mask=True, seed=0)
+    collator = DataCollatorForLanguageModeling(
+        tokenizer, mlm_probability=0.3, whole_word_mask=True, mask_replace_prob=1.0, random_replace_prob=0.0, seed=0
+    )
     masked = collator(features)["labels"] != -100
     masked_words = []
     for row in masked.tolist():
