@@ -287,6 +287,14 @@ def architecture(model_args: ModelArguments, data_args: DataTrainingArguments) -
 
 
 def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments, train_documents, max_length: int):
+    """The tokenizer of --tokenizer_name or --model_name_or_path, or one trained here; it truncates at `max_length`
+    (the model's positions) at most."""
+    tokenizer = read_or_train_tokenizer(model_args, training_args, train_documents)
+    tokenizer.model_max_length = min(tokenizer.model_max_length, max_length)
+    return tokenizer
+
+
+def read_or_train_tokenizer(model_args: ModelArguments, training_args: TrainingArguments, train_documents):
     source = model_args.tokenizer_name or model_args.model_name_or_path
     if source is not None:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=True)
@@ -302,10 +310,7 @@ def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments,
             )
             texts = (doc["text"] for doc in islice(train_documents, model_args.tokenizer_training_documents))
             tokenizer = SpanishSPMTokenizer.train_new(
-                texts,
-                vocab_size=model_args.tokenizer_vocab_size,
-                lowercase=model_args.tokenizer_lowercase,
-                model_max_length=max_length,
+                texts, vocab_size=model_args.tokenizer_vocab_size, lowercase=model_args.tokenizer_lowercase
             )
             tokenizer.save_pretrained(output_dir)
         return AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)

@@ -212,6 +212,8 @@ def test_blocks_longer_than_the_model_s_positions_are_refused_before_anything_is
         )
     )
     assert SpanishMoEBertForMaskedLM.config_class.from_pretrained(overridden).max_position_embeddings == 256
+    # A tokenizer given with --tokenizer_name (512) is saved to truncate at the model's positions.
+    assert AutoTokenizer.from_pretrained(overridden, trust_remote_code=True).model_max_length == 256
     with pytest.raises(ValueError, match=r"--max_seq_length 512 .*\(256\).*use a model trained with longer"):
         run_mlm.main(
             run_args(
