@@ -146,6 +146,8 @@ class DataTrainingArguments:
             )
         if self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+        if self.max_eval_samples < 1:
+            raise ValueError(f"--max_eval_samples must be at least 1, got {self.max_eval_samples}")
 
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -238,6 +240,13 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
             )
     elif (model_args.model_config is None) == (model_args.model_name_or_path is None):
         raise ValueError("give exactly one of --model_config (train from scratch) and --model_name_or_path")
+    elif (training_args.do_eval or training_args.eval_strategy != "no") and not (
+        data_args.validation_file or data_args.validation_split_percentage > 0
+    ):
+        raise ValueError(
+            "evaluation (--do_eval or --eval_strategy) needs validation data: --validation_file or "
+            "--validation_split_percentage above 0"
+        )
     # The stream restores its own position on resume (see spanish_moe_bert/resume.py); the Trainer must not also
     # skip batches. Our pipeline makes only the columns the collator needs, so none are dropped.
     training_args.ignore_data_skip = True

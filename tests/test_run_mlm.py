@@ -86,6 +86,18 @@ def test_json_run_file_with_flag_overrides(tmp_path):
         run_mlm.parse_args([str(run_file)])
 
 
+def test_evaluation_without_validation_data_or_samples_is_named(tmp_path):
+    base = ["--model_config", str(TINY), "--train_file", str(SAMPLE), "--output_dir", str(tmp_path)]
+    with pytest.raises(ValueError, match="--max_eval_samples must be at least 1, got -5"):
+        run_mlm.parse_args([*base, "--max_eval_samples", "-5"])
+    for flags in (["--do_eval", "true"], ["--eval_strategy", "steps", "--eval_steps", "10"]):
+        with pytest.raises(ValueError, match="needs validation data: --validation_file or --validation_split_perc"):
+            run_mlm.parse_args([*base, "--validation_split_percentage", "0", *flags])
+    run_mlm.parse_args(
+        [*base, "--validation_split_percentage", "0", "--do_eval", "true", "--validation_file", str(SAMPLE)]
+    )
+
+
 @pytest.mark.parametrize(
     "name, precision",
     [("train_large_p40.json", "fp32"), ("train_large_v100.json", "fp16"), ("train_large_a100.json", "bf16")],
