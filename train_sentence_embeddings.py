@@ -59,6 +59,7 @@ from spanish_moe_bert.corpus import iter_corpus
 from spanish_moe_bert.export import SentenceStage, card_datasets, export_model
 from spanish_moe_bert.onnx import require_onnx_packages
 from spanish_moe_bert.pairs import (
+    BUILDERS,
     HeldOutParagraphs,
     PairConfig,
     build_pairs,
@@ -183,10 +184,17 @@ class EmbeddingArguments:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in (
             "crops_per_document", "neighbours_per_document", "sections_per_document",
-            "document_regularizer_weight", "query_regularizer_weight",
+            "document_regularizer_weight", "query_regularizer_weight", "router_loss_weight",
         ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name, least in (("max_documents", 1), ("max_pairs", 2), ("mini_batch_size", 1), ("max_seq_length", 8)):
+            if getattr(self, name) is not None and getattr(self, name) < least:
+                raise ValueError(f"--{name} must be at least {least}, got {getattr(self, name)}")
+        if unknown := [kind for kind in self.pair_kinds if kind not in BUILDERS]:
+            raise ValueError(f"--pair_kinds: unknown {unknown}; choose from {sorted(BUILDERS)}")
+        if self.scale is not None and self.scale <= 0:
+            raise ValueError(f"--scale must be > 0, got {self.scale}")
         if self.query_encoder == "idf" and self.encoder != "sparse":
             raise ValueError("--query_encoder idf needs --encoder sparse: it weighs a query's words, not a vector")
         if self.train_queries_with_model and self.query_encoder != "idf":
@@ -205,11 +213,16 @@ class EmbeddingArguments:
             raise FileNotFoundError(
                 f"--model_name_or_path {self.model_name_or_path}: no config.json (expected an exported MLM checkpoint)"
             )
-        positions = json.loads(Path(self.model_name_or_path, "config.json").read_text())["max_position_embeddings"]
+        config = json.loads(Path(self.model_name_or_path, "config.json").read_text())
+        positions, hidden = config["max_position_embeddings"], config["hidden_size"]
         if self.max_seq_length > positions:
             raise ValueError(
                 f"--max_seq_length {self.max_seq_length} is longer than the model's max_position_embeddings "
                 f"({positions}): lower it to at most {positions}"
+            )
+        if self.matryoshka_dims and not all(1 <= dim <= hidden for dim in self.matryoshka_dims):
+            raise ValueError(
+                f"--matryoshka_dims must be between 1 and the hidden size {hidden}, got {self.matryoshka_dims}"
             )
 
 

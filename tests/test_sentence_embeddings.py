@@ -139,6 +139,17 @@ def test_bad_arguments_are_named(mlm_checkpoint, tmp_path, monkeypatch):
         make_args(tmp_path)
     with pytest.raises(ValueError, match=r"--max_seq_length 129 .* max_position_embeddings \(128\).* at most 128"):
         make_args(mlm_checkpoint, max_seq_length=129)
+    for bad, message in [
+        (dict(max_pairs=0), "--max_pairs must be at least 2, got 0"),
+        (dict(max_documents=-1), "--max_documents must be at least 1, got -1"),
+        (dict(mini_batch_size=0), "--mini_batch_size must be at least 1, got 0"),
+        (dict(router_loss_weight=-1.0), "--router_loss_weight must be >= 0, got -1.0"),
+        (dict(scale=-1.0), "--scale must be > 0, got -1.0"),
+        (dict(pair_kinds=["crop", "foo"]), r"--pair_kinds: unknown \['foo'\]; choose from"),
+        (dict(matryoshka_dims=[64, 32, 1000]), r"--matryoshka_dims must be between 1 and the hidden size 64, got"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make_args(mlm_checkpoint, **bad)
     with pytest.raises(ValueError, match="--sections_per_document must be >= 0, got -1"):
         make_args(mlm_checkpoint, sections_per_document=-1)
     find_spec = importlib.util.find_spec  # --onnx without the exporter installed: said before training, not after
