@@ -297,6 +297,10 @@ class SpanishSPMTokenizer(TokenizersBackend):
         """
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
             raise ValueError(f"vocab_size must be an integer >= {MIN_VOCAB_SIZE}, got {vocab_size!r}")
+        if min_frequency < 0 or limit_alphabet < 1:
+            raise ValueError(
+                f"min_frequency must be >= 0 and limit_alphabet >= 1, got {min_frequency}, {limit_alphabet}"
+            )
         if isinstance(texts, (str, os.PathLike)) or (
             isinstance(texts, (list, tuple)) and texts and all(isinstance(t, os.PathLike) for t in texts)
         ):

@@ -415,6 +415,8 @@ def test_train_new_rejects_bad_arguments():
         SpanishSPMTokenizer.train_new(["\ud800"], vocab_size=600)
     with pytest.raises(ValueError, match="corpus is empty"):
         SpanishSPMTokenizer.train_new([], vocab_size=600)
+    with pytest.raises(ValueError, match="min_frequency must be >= 0 and limit_alphabet >= 1, got -1, 1000"):
+        SpanishSPMTokenizer.train_new(["hola"], vocab_size=600, min_frequency=-1)  # was the trainer's OverflowError
 
 
 def test_cli_trains_saves_and_refuses_to_overwrite(tmp_path, capsys):
