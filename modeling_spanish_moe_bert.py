@@ -582,7 +582,9 @@ class SpanishMoEBertRouter(nn.Module):
         self.sigmoid = config.router_score_function == "sigmoid"
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.register_buffer("expert_bias", torch.zeros(config.num_experts), persistent=self.bias_update_rate > 0)
-        self.register_buffer("observed_load", torch.zeros(config.num_experts), persistent=False)  # last train forward
+        self.register_buffer(
+            "observed_load", torch.zeros(config.num_experts), persistent=False
+        )  # since the last update
 
     def forward(self, x: torch.Tensor):
         if self.training and self.jitter_noise > 0:
@@ -607,7 +609,10 @@ class SpanishMoEBertRouter(nn.Module):
 
     @torch.no_grad()
     def observe_load(self, tokens_per_expert: torch.Tensor) -> None:
-        self.observed_load.copy_(tokens_per_expert)  # a copy, not a sum: a recomputed forward observes the same
+        # Summed over the training forwards of one optimizer step: every micro-batch of gradient accumulation
+        # counts. A forward recomputed by gradient checkpointing adds its counts a second time, as every other
+        # micro-batch's in this layer: the bias follows only the sign of (mean - load), which that factor leaves alone.
+        self.observed_load += tokens_per_expert
 
     @torch.no_grad()
     def update_bias(self, rate_scale: float = 1.0) -> None:
@@ -814,7 +819,8 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def update_router_biases(self, rate_scale: float = 1.0) -> None:
         """Auxiliary-loss-free balancing (`router_bias_update_rate > 0`): move every router's selection bias by the
-        expert load its last training forward saw, by `rate_scale` times the configured rate. Call it once per
+        expert load its training forwards saw since the last update (all micro-batches of the step), by `rate_scale`
+        times the configured rate. Call it once per
         optimizer step (`run_mlm.py` does, through `RouterBiasCallback`); a no-op without loss-free balancing."""
         for module in self.modules():
             if isinstance(module, SpanishMoEBertRouter) and module.bias_update_rate > 0:

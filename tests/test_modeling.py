@@ -566,6 +566,24 @@ def test_loss_free_balancing_updates_once_per_step_and_routes_alike_under_gradie
     assert torch.allclose(routers[0].expert_bias, 0.015 * torch.sign(load.mean() - load))
 
 
+def test_loss_free_balancing_moves_by_the_load_of_every_micro_batch_of_the_step():
+    # With gradient accumulation, one optimizer step sees several forwards: the bias follows their summed load,
+    # as DeepSeek-V3's follows the whole batch's (before, only the last micro-batch counted).
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMaskedLM(make_config(router_bias_update_rate=0.01)).train()
+    router = next(layer.mlp.router for layer in model.model.layers if hasattr(layer.mlp, "router"))
+    loads = []
+    for seed in (1, 2, 3):
+        model(batch(seed=seed))
+        loads.append(router.observed_load.clone() - sum(loads, torch.zeros_like(router.observed_load)))
+    total = sum(loads)
+    assert all(load.sum() > 0 for load in loads) and torch.equal(router.observed_load, total)
+    assert not torch.equal(torch.sign(total.mean() - total), torch.sign(loads[-1].mean() - loads[-1]))
+    model.update_router_biases()
+    assert torch.equal(router.expert_bias, 0.01 * torch.sign(total.mean() - total))
+    assert router.observed_load.sum() == 0  # the next step starts counting afresh
+
+
 def test_dyt_statistics_report_alpha_and_saturation():
     model = SpanishMoEBertModel(make_config())
     ids = batch()
