@@ -1060,7 +1060,8 @@ class SpanishMoEBertForMaskedLM(SpanishMoEBertPreTrainedModel):
         loss = mlm_loss = None
         if labelled is not None:
             scored = logits if sparse else logits[labelled]  # (N, V): no float copy of the unlabelled positions
-            mlm_loss = F.cross_entropy(scored.float(), labels[labelled])
+            # The mean over the labelled tokens; 0, not NaN, for a batch with none (short lines masked by chance)
+            mlm_loss = F.cross_entropy(scored.float(), labels[labelled], reduction="sum") / labelled.sum().clamp(min=1)
             loss = mlm_loss + router_loss(self.config, outputs)
         return SpanishMoEBertMaskedLMOutput(
             loss=loss,

@@ -94,6 +94,19 @@ def test_sparse_prediction_scores_only_the_labelled_positions_in_training_and_ma
     assert torch.allclose(evaluated.mlm_loss, F.cross_entropy(full[labelled], labels[labelled]), atol=1e-6)
 
 
+def test_a_batch_without_masked_tokens_has_an_mlm_loss_of_0_not_nan():
+    # Short lines masked at 15% often have none (a 2-word line: 72%); a NaN stopped run_mlm as a diverged run.
+    torch.manual_seed(0)
+    model = SpanishMoEBertForMaskedLM(make_config())
+    ids, mask = padded_batch()
+    for mode in (model.train, model.eval):
+        output = mode()(input_ids=ids, attention_mask=mask, labels=torch.full_like(ids, -100))
+        assert output.mlm_loss.item() == 0.0 and torch.isfinite(output.loss)
+        if model.training:
+            output.loss.backward()
+            assert model.decoder.bias.grad is None or not model.decoder.bias.grad.any()  # nothing learnt from it
+
+
 def test_trainer_evaluate_with_the_metrics_of_transformers_run_mlm_example(tmp_path):
     # transformers/examples/pytorch/language-modeling/run_mlm.py's two metric functions, as written there
     def preprocess_logits_for_metrics(logits, labels):
