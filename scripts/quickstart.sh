@@ -22,8 +22,12 @@ fi
 .venv/bin/python -m pip install -q -e ".[train]"
 
 echo "== 2/5 tokenizer on the bundled corpus ($((SECONDS - start)) s)"
-.venv/bin/python train_tokenizer.py --train_file data/es_corpus_sample.txt --vocab_size 8000 \
-    --output_dir outputs/tokenizer
+if [ -f outputs/tokenizer/tokenizer.json ]; then  # a second run: the same tokenizer (its training is deterministic)
+    echo "reusing outputs/tokenizer"
+else
+    .venv/bin/python train_tokenizer.py --train_file data/es_corpus_sample.txt --vocab_size 8000 \
+        --output_dir outputs/tokenizer
+fi
 
 echo "== 3/5 pre-training the mini model ($((SECONDS - start)) s)"
 # 300 of the run file's 600 steps: about 1.7 passes over the bundled corpus (~0.5 s a step on 2 idle CPU cores).
