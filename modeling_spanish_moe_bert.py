@@ -582,9 +582,8 @@ class SpanishMoEBertRouter(nn.Module):
         self.sigmoid = config.router_score_function == "sigmoid"
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.register_buffer("expert_bias", torch.zeros(config.num_experts), persistent=self.bias_update_rate > 0)
-        self.register_buffer(
-            "observed_load", torch.zeros(config.num_experts), persistent=False
-        )  # since the last update
+        # the expert load of the training forwards since the last update_bias
+        self.register_buffer("observed_load", torch.zeros(config.num_experts), persistent=False)
 
     def forward(self, x: torch.Tensor):
         if self.training and self.jitter_noise > 0:
@@ -820,8 +819,8 @@ class SpanishMoEBertPreTrainedModel(PreTrainedModel):
     def update_router_biases(self, rate_scale: float = 1.0) -> None:
         """Auxiliary-loss-free balancing (`router_bias_update_rate > 0`): move every router's selection bias by the
         expert load its training forwards saw since the last update (all micro-batches of the step), by `rate_scale`
-        times the configured rate. Call it once per
-        optimizer step (`run_mlm.py` does, through `RouterBiasCallback`); a no-op without loss-free balancing."""
+        times the configured rate. Call it once per optimizer step (`run_mlm.py` does, through `RouterBiasCallback`);
+        a no-op without loss-free balancing."""
         for module in self.modules():
             if isinstance(module, SpanishMoEBertRouter) and module.bias_update_rate > 0:
                 module.update_bias(rate_scale)

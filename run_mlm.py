@@ -234,18 +234,13 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
         if model_args.model_name_or_path is None:
             raise ValueError("--do_train false evaluates a trained model: give it with --model_name_or_path")
         model_args.model_config = None  # a training run file's architecture: the trained model has its own
-        if data_args.validation_file is None and data_args.validation_split_percentage == 0:
-            raise ValueError(
-                "--do_train false needs validation data: --validation_file or --validation_split_percentage"
-            )
     elif (model_args.model_config is None) == (model_args.model_name_or_path is None):
         raise ValueError("give exactly one of --model_config (train from scratch) and --model_name_or_path")
-    elif (training_args.do_eval or training_args.eval_strategy != "no") and not (
-        data_args.validation_file or data_args.validation_split_percentage > 0
-    ):
+    evaluation = "--do_train false" if not training_args.do_train else "evaluation (--do_eval or --eval_strategy)"
+    evaluates = not training_args.do_train or training_args.do_eval or training_args.eval_strategy != "no"
+    if evaluates and not (data_args.validation_file or data_args.validation_split_percentage > 0):
         raise ValueError(
-            "evaluation (--do_eval or --eval_strategy) needs validation data: --validation_file or "
-            "--validation_split_percentage above 0"
+            f"{evaluation} needs validation data: --validation_file or --validation_split_percentage above 0"
         )
     # The stream restores its own position on resume (see spanish_moe_bert/resume.py); the Trainer must not also
     # skip batches. Our pipeline makes only the columns the collator needs, so none are dropped.

@@ -143,18 +143,15 @@ def _offsets_without_leading_spaces(encoded, text, text_pair, single: bool) -> N
     firsts = list(text) if batched else [text]
     seconds = list(text_pair) if batched and text_pair is not None else [text_pair] * len(firsts)
     samples = encoded.get("overflow_to_sample_mapping", range(len(encoded.encodings)))
-    rows = []
-    for encoding, sample in zip(encoded.encodings, samples):
+    rows = [encoded["offset_mapping"]] if single else encoded["offset_mapping"]  # changed in place
+    for row, encoding, sample in zip(rows, encoded.encodings, samples):
         sources = (firsts[sample], seconds[sample])
-        row = encoding.offsets
         for i, ((start, end), sequence) in enumerate(zip(row, encoding.sequence_ids)):
             if sequence is not None and start < end and sources[sequence][start].isspace():
                 span = sources[sequence][start:end]
                 spaces = len(span) - len(span.lstrip())
                 if spaces < len(span):
                     row[i] = (start + spaces, end)
-        rows.append(row)
-    encoded["offset_mapping"] = rows[0] if single else rows
 
 
 def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
