@@ -148,7 +148,13 @@ def hub_documents(
     """
     from datasets import load_dataset  # imported here: reading local files does not need `datasets`
 
-    dataset = load_dataset(name, config_name, split=split, streaming=True, **load_kwargs)
+    try:
+        dataset = load_dataset(name, config_name, split=split, streaming=True, **load_kwargs)
+    except ConnectionError as error:  # no network, or HF_HUB_OFFLINE=1
+        raise CorpusError(
+            f"dataset {name!r}: {error}. Without the Hub, train on local files instead: --train_file FILE ... "
+            "(.txt: one document per line, .jsonl, .jsonl.gz), e.g. --train_file data/es_corpus_sample.txt"
+        ) from error
     columns = dataset.column_names
     if columns is not None and text_column not in columns:
         raise CorpusError(

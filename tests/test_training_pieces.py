@@ -367,3 +367,11 @@ def test_torch_compile_keeps_a_compiled_version_of_every_layer_kind():
         assert raise_recompile_limit(8) == 64 and raise_recompile_limit(96) == 96
     torch._dynamo.reset()
     assert dynamo_config.recompile_limit == before and not dynamo_config.fail_on_recompile_limit_hit
+
+
+def test_an_unreachable_hub_dataset_names_it_and_the_local_files_flag(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as without network, at once
+    with pytest.raises(CorpusError, match=r"'erickfmm/red_pajama_es_hq_35': Couldn't reach .* --train_file FILE"):
+        hub_documents("erickfmm/red_pajama_es_hq_35")
