@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Hub dataset ids listed in the card's metadata (none: give the flag without values). Default: those "
         f"named by model_dir's card (run_mlm.py writes it), else {', '.join(DEFAULT_DATASETS)}",
     )
+    parser.add_argument(
+        "--base_model",
+        help="Hub id of the model training started from, for the card's metadata (default: the one model_dir's card "
+        "names; run_mlm.py records its --model_name_or_path when that is a Hub model)",
+    )
     parser.add_argument("--pooling", choices=POOLING_MODES, default="cls", help="Sentence Transformers pooling")
     parser.add_argument(
         "--onnx", action="store_true", help="also write onnx/model.onnx (the encoder; checked against PyTorch)"
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             args.output_dir,
             eval_files=args.eval_file,
             datasets=args.datasets,
+            base_model=args.base_model,
             pooling=args.pooling,
             onnx=args.onnx,
             push_to_hub=args.push_to_hub,

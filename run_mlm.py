@@ -446,7 +446,7 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     if disk_budget.stop_message is not None:
         raise SystemExit(f"run_mlm: {disk_budget.stop_message}")
     if trainer.is_world_process_zero():
-        export(training_args, data_args, metrics, push_to_hub)
+        export(model_args, training_args, data_args, metrics, push_to_hub)
     return metrics
 
 
@@ -506,14 +506,16 @@ def evaluate_only(model_args, data_args, training_args, config: SpanishMoEBertCo
     return metrics
 
 
-def export(training_args, data_args, metrics: dict, push_to_hub: bool) -> None:
+def export(model_args, training_args, data_args, metrics: dict, push_to_hub: bool) -> None:
     """Complete output_dir as a Hub model repo (Sentence Transformers files, model card with these metrics) and
-    push it if asked."""
+    push it if asked. A model continued from a Hub model names it as its base (a local folder is no Hub link)."""
+    source = model_args.model_name_or_path
     try:
         export_model(
             training_args.output_dir,
             eval_results=metrics,
             datasets=[] if data_args.train_file else [data_args.dataset_name],
+            base_model=source if source is not None and not Path(source).exists() else None,
             mlm_probability=data_args.mlm_probability,
             push_to_hub=push_to_hub,
             hub_model_id=training_args.hub_model_id,

@@ -385,6 +385,7 @@ def write_model_card(
     mlm_probability: float,
     sentence_stage: SentenceStage | None = None,
     onnx: bool = False,
+    base_model: str | None = None,
 ) -> None:
     """README.md from hub_card/model_card_template.md with ModelCardData metadata."""
     mask = tokenizer.mask_token
@@ -430,6 +431,7 @@ def write_model_card(
         pipeline_tag=pipeline_tag,
         tags=["sentence-transformers", *tags, "mixture-of-experts", "custom_code"],
         datasets=list(datasets) or None,
+        base_model=base_model,
         model_name=repo_id,
         eval_results=model_index or None,
         widget=widget,
@@ -462,6 +464,7 @@ def write_model_card(
             ("final logged training loss", f"{losses[-1]:.4f}" if losses else "n/a"),
         ]
     data_text = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets) or "local Spanish text"
+    start = f"Continued from [{base_model}](https://huggingface.co/{base_model}). " if base_model else ""
     card = ModelCard.from_template(
         card_data,
         template_path=str(CARD_TEMPLATE),
@@ -481,7 +484,7 @@ def write_model_card(
         expert_load_plot=EXPERT_LOAD_FILE,
         uniform_load=f"{1 / config.num_experts:.3f}",
         training_text=(
-            f"Masked language modelling ({mlm_percent}% of tokens), {router_training_text(config)}, "
+            f"{start}Masked language modelling ({mlm_percent}% of tokens), {router_training_text(config)}, "
             f"with the Hugging Face Trainer (`run_mlm.py`). Training data: {data_text}."
         ),
         loss_curve_plot=LOSS_CURVE_FILE if loss_curve else None,
@@ -514,6 +517,7 @@ def export_model(
     mlm_probability: float | None = None,
     sentence_stage: SentenceStage | None = None,
     onnx: bool = False,
+    base_model: str | None = None,
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
     private: bool = False,
@@ -523,7 +527,9 @@ def export_model(
     Held-out metrics for the card come from `eval_results` (run_mlm.py's `eval_*` metrics), else from
     `eval_files` (measured here), else from `model_dir/eval_results.json` if the Trainer wrote one.
     `datasets` (Hub ids for the card) default to those named by a card already in `model_dir` (run_mlm.py
-    writes one), else DEFAULT_DATASETS. `mlm_probability`, the masking rate of pre-training and of the card's MLM
+    writes one), else DEFAULT_DATASETS. `base_model`, the Hub model that training started from (the card's
+    `base_model` metadata, which links the two on the Hub), defaults to the one a card in `model_dir` names.
+    `mlm_probability`, the masking rate of pre-training and of the card's MLM
     metrics, defaults to the one run_mlm.py records in `model_dir/trainer_state.json`, else MLM_PROBABILITY.
     A `sentence_stage` exports that stage's encoder under the checkpoint's MLM head (so the folder still loads as
     every Auto class), with its prompts and sequence length; its card is that stage's (training table, loss curve,
@@ -549,6 +555,8 @@ def export_model(
     if datasets is None:
         datasets = card_datasets(model_dir)
         datasets = DEFAULT_DATASETS if datasets is None else datasets
+    if base_model is None:
+        base_model = card_base_model(model_dir)
     model = SpanishMoEBertForMaskedLM.from_pretrained(model_dir).eval()
     tokenizer = SpanishSPMTokenizer.from_pretrained(model_dir)
     config = model.config
@@ -602,6 +610,7 @@ def export_model(
             mlm_probability=mlm_probability,
             sentence_stage=sentence_stage,
             onnx=onnx,
+            base_model=base_model,
         )
         if onnx:
             write_onnx(model, staging / ONNX_PATH)
@@ -619,6 +628,12 @@ def card_datasets(folder: str | Path) -> list[str] | None:
     """The datasets named by the model card in `folder` ([] for local data), or None where it has no card."""
     card = Path(folder) / "README.md"
     return (ModelCard.load(card).data.datasets or []) if card.is_file() else None
+
+
+def card_base_model(folder: str | Path) -> str | None:
+    """The Hub model the model card in `folder` names as its base, if any."""
+    card = Path(folder) / "README.md"
+    return ModelCard.load(card).data.base_model if card.is_file() else None
 
 
 def move_into(staging: Path, output_dir: Path) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -131,6 +132,34 @@ def test_re_export_keeps_the_datasets_the_checkpoint_card_names(checkpoint, tmp_
     again = export.export_model(local, tmp_path / "again")  # export_model.py without --datasets
     assert ModelCard.load(again / "README.md").data.datasets is None
     assert "Training data: local Spanish text." in (again / "README.md").read_text()
+
+
+def test_a_model_continued_from_a_hub_model_names_it_as_base_model_and_a_re_export_keeps_it(checkpoint, tmp_path):
+    base = "someone/spanish-moe-bert-large"
+    folder = export.export_model(checkpoint, tmp_path / "continued", base_model=base)
+    assert ModelCard.load(folder / "README.md").data.base_model == base
+    assert f"Continued from [{base}](https://huggingface.co/{base}). Masked" in (folder / "README.md").read_text()
+    again = export.export_model(folder, tmp_path / "again")
+    assert ModelCard.load(again / "README.md").data.base_model == base
+    scratch = export.export_model(checkpoint, tmp_path / "scratch")
+    assert ModelCard.load(scratch / "README.md").data.base_model is None
+    assert "Continued from" not in (scratch / "README.md").read_text()
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["hub-id", "local-folder"])
+def test_run_mlm_names_the_hub_model_it_continued_but_no_local_folder(checkpoint, tmp_path, local):
+    import run_mlm
+
+    source = str(checkpoint) if local else "someone/spanish-moe-bert-large"
+    output_dir = shutil.copytree(checkpoint, tmp_path / "continued")
+    run_mlm.export(
+        SimpleNamespace(model_name_or_path=source),
+        SimpleNamespace(output_dir=str(output_dir), hub_model_id=None),
+        SimpleNamespace(train_file=[str(CORPUS)], mlm_probability=0.3),
+        metrics={},
+        push_to_hub=False,
+    )
+    assert ModelCard.load(output_dir / "README.md").data.base_model == (None if local else source)
 
 
 def test_card_states_the_masking_rate_of_the_run(checkpoint, tmp_path):
