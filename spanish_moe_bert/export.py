@@ -81,6 +81,13 @@ EXPERT_LOAD_TEXTS = (
 )
 # Files the Trainer leaves in output_dir that do not belong in a model repository.
 UPLOAD_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.tmp", ".staging-*", ".staging-*/**"]
+# Weights in the layouts other than the one `model.safetensors` an export writes: PyTorch pickles, shards, indexes.
+OTHER_WEIGHT_FILES = (
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+)
 # What one export writes and another may not (the Sentence Transformers layouts of a dense, SPLADE or inference-free
 # folder, ONNX, the plots; `document_0_MLMTransformer` is where exports before 61c2a5b copied the weights a second
 # time). An export removes those it did not write, here and, when pushing, in the Hub repository.
@@ -557,6 +564,7 @@ def export_model(
         datasets = DEFAULT_DATASETS if datasets is None else datasets
     if base_model is None:
         base_model = card_base_model(model_dir)
+    read = weight_files(model_dir)
     model = SpanishMoEBertForMaskedLM.from_pretrained(model_dir).eval()
     tokenizer = SpanishSPMTokenizer.from_pretrained(model_dir)
     config = model.config
@@ -617,6 +625,8 @@ def export_model(
         written = {path.relative_to(staging).as_posix() for path in staging.rglob("*")}
         move_into(staging, output_dir)
     remove_stale_layout(output_dir, written)
+    in_place = output_dir.resolve() == model_dir.resolve()
+    remove_superseded_weights(output_dir, read if in_place else [], written)
     logger.info(f"exported a Hub-ready model folder to {output_dir}")
 
     if push_to_hub:
@@ -657,6 +667,36 @@ def remove_stale_layout(output_dir: Path, written: set[str]) -> None:
             stale.parent.rmdir()  # onnx/ once its model.onnx is gone
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files `from_pretrained` reads in `folder`: model.safetensors, else the safetensors shards and their
+    index, else pytorch_model.bin, else its shards and their index."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            return [folder / index, *(folder / shard for shard in shards)]
+    return []
+
+
+def remove_superseded_weights(output_dir: Path, read: list[Path], written: set[str]) -> None:
+    """Remove the weight files an in-place export read (`read`) and wrote again as model.safetensors; warn about
+    weights of other layouts in output_dir, which stay (they are not this model's) and which a push leaves out."""
+    for path in read:
+        if path.relative_to(output_dir).as_posix() not in written:
+            logger.info(f"removing {path}: its weights are in model.safetensors now")
+            path.unlink()
+    others = sorted(path.name for pattern in OTHER_WEIGHT_FILES for path in output_dir.glob(pattern))
+    if others:
+        logger.warning(
+            f"{output_dir} also holds {', '.join(others)}: other weights than the exported model.safetensors, left "
+            "in place and left out of a push"
+        )
+
+
 def network_errors() -> tuple[type[Exception], ...]:
     """What a failed upload raises: OSError covers huggingface_hub's offline-mode and HTTP errors (authentication,
     permissions); the transport errors of its HTTP client (httpx or httpx2, by version) cover an unreachable Hub."""
@@ -672,15 +712,16 @@ def network_errors() -> tuple[type[Exception], ...]:
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Create `repo_id` on the Hub if needed and upload `folder` (without Trainer checkpoints); returns its URL."""
     folder = Path(folder)
+    other_weights = list(OTHER_WEIGHT_FILES) if (folder / "model.safetensors").is_file() else []
     try:
         create_repo(repo_id, private=private, exist_ok=True, token=token)
         upload_folder(
             repo_id=repo_id,
             folder_path=folder,
             commit_message="Upload Spanish MoE-BERT",
-            ignore_patterns=UPLOAD_IGNORE_PATTERNS,
+            ignore_patterns=[*UPLOAD_IGNORE_PATTERNS, *other_weights],
             # what an earlier push of another layout left in the repository; files uploaded now are kept
-            delete_patterns=[pattern for name in LAYOUT_PATHS for pattern in (name, f"{name}/**")],
+            delete_patterns=[*(pattern for name in LAYOUT_PATHS for pattern in (name, f"{name}/**")), *other_weights],
             token=token,
         )
     except network_errors() as error:

@@ -327,6 +327,32 @@ def test_re_export_removes_what_an_earlier_layout_left(checkpoint, tmp_path):
     assert json.loads((folder / "modules.json").read_text())[1]["path"] == "1_Pooling"
 
 
+def test_in_place_export_of_a_sharded_checkpoint_leaves_one_copy_of_the_weights(checkpoint, tmp_path):
+    model = SpanishMoEBertForMaskedLM.from_pretrained(checkpoint)
+    folder = tmp_path / "sharded"
+    model.save_pretrained(folder, max_shard_size="300KB")
+    SpanishSPMTokenizer.from_pretrained(checkpoint).save_pretrained(folder)
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
+    export.export_model(folder)
+    assert sorted(p.name for p in folder.glob("*.safetensors*")) == ["model.safetensors"]
+    reloaded = SpanishMoEBertForMaskedLM.from_pretrained(folder)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+
+
+def test_weights_of_another_layout_are_kept_named_and_not_pushed(checkpoint, tmp_path, monkeypatch, caplog):
+    folder = shutil.copytree(checkpoint, tmp_path / "both")
+    torch.save({"other": torch.zeros(2)}, folder / "pytorch_model.bin")  # not what from_pretrained reads here
+    calls = {}
+    monkeypatch.setattr(export, "create_repo", lambda repo_id, **kwargs: None)
+    monkeypatch.setattr(export, "upload_folder", lambda **kwargs: calls.setdefault("upload", kwargs))
+    export.export_model(folder, push_to_hub=True, hub_model_id="me/spanish-moe-bert")
+    assert torch.load(folder / "pytorch_model.bin")["other"].shape == (2,)
+    assert "also holds pytorch_model.bin: other weights than the exported model.safetensors" in caplog.text
+    for key in ("ignore_patterns", "delete_patterns"):  # not uploaded, and gone from the repository if pushed before
+        assert any(fnmatch.fnmatch("pytorch_model.bin", pattern) for pattern in calls["upload"][key])
+        assert not any(fnmatch.fnmatch("model.safetensors", pattern) for pattern in calls["upload"][key])
+
+
 def test_push_without_network_fails_clearly_and_keeps_the_folder(exported, monkeypatch, file_hashes):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     before = file_hashes(exported)
