@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, TrainerState, TrainingArguments, set_seed
 
 from configuration_spanish_moe_bert import SpanishMoEBertConfig
@@ -103,6 +104,38 @@ class ModelArguments:
             "on this many training blocks (0: start it at zero)."
         },
     )
+
+    def __post_init__(self):
+        check_saved_folder("--model_name_or_path", self.model_name_or_path, "config.json")
+        if self.tokenizer_name is None:  # the model's folder holds its tokenizer too
+            check_saved_folder("--model_name_or_path", self.model_name_or_path, "tokenizer_config.json")
+        check_saved_folder("--tokenizer_name", self.tokenizer_name, "tokenizer_config.json")
+
+
+def check_saved_folder(flag: str, name: str | None, needed: str) -> None:
+    """A local folder given to `flag` must hold `needed`; a name that is no folder must be a Hub id."""
+    if name is None:
+        return
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / needed).is_file():
+        raise ValueError(f"{flag} {name}: the folder holds no {needed} (give a folder saved by run_mlm.py)")
+    if not path.is_dir():
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            raise ValueError(f"{flag} {name}: {'not a folder' if path.exists() else 'no such folder'}") from None
+
+
+def from_folder_or_hub(flag: str, name: str, load):
+    """`load(name)`; where `name` is no local folder and the Hub cannot give it, an error that says both."""
+    try:
+        return load(name)
+    except OSError as error:
+        if Path(name).expanduser().is_dir():
+            raise
+        raise OSError(
+            f"{flag} {name}: no local folder of that name, and no Hub model could be read: {error}"
+        ) from error
 
 
 @dataclass
@@ -273,7 +306,9 @@ def architecture(model_args: ModelArguments, data_args: DataTrainingArguments) -
     """The model's config: the saved model's, or --model_config with --config_overrides (its vocabulary still to be
     sized to the tokenizer). Checked against the data: no block may be longer than the model's positions."""
     if model_args.model_name_or_path is not None:
-        config = SpanishMoEBertConfig.from_pretrained(model_args.model_name_or_path)
+        config = from_folder_or_hub(
+            "--model_name_or_path", model_args.model_name_or_path, SpanishMoEBertConfig.from_pretrained
+        )
         longer = "use a model trained with longer positions"
     else:
         config = SpanishMoEBertConfig.from_json_file(model_args.model_config)
@@ -299,9 +334,12 @@ def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments,
 
 
 def read_or_train_tokenizer(model_args: ModelArguments, training_args: TrainingArguments, train_documents):
-    source = model_args.tokenizer_name or model_args.model_name_or_path
-    if source is not None:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+    if model_args.tokenizer_name or model_args.model_name_or_path:
+        flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+        source = model_args.tokenizer_name or model_args.model_name_or_path
+        return from_folder_or_hub(
+            flag, source, lambda name: AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+        )
     # Train one on the training documents, once: rank 0 trains and saves, the others (and a resumed run) load it.
     output_dir = Path(training_args.output_dir)
     with training_args.main_process_first(desc="tokenizer training"):

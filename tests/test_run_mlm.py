@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, TrainerCallback
 from transformers.integrations.integration_utils import rewrite_logs
 
 import run_mlm
+from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
 from spanish_moe_bert.callbacks import DiskBudgetCallback, directory_bytes, recorded_mlm_probability
 from spanish_moe_bert.corpus import CorpusError
@@ -96,6 +97,27 @@ def test_evaluation_without_validation_data_or_samples_is_named(tmp_path):
     run_mlm.parse_args(
         [*base, "--validation_split_percentage", "0", "--do_eval", "true", "--validation_file", str(SAMPLE)]
     )
+
+
+def test_a_model_or_tokenizer_that_is_no_saved_folder_nor_a_hub_id_is_named(tmp_path, monkeypatch):
+    base = ["--train_file", str(SAMPLE), "--output_dir", str(tmp_path / "out")]
+    empty, model_only = tmp_path / "empty", tmp_path / "model_only"
+    empty.mkdir(), model_only.mkdir()
+    (model_only / "config.json").write_text("{}")
+    cases = [
+        (["--model_name_or_path", str(tmp_path / "missing")], "--model_name_or_path .*missing: no such folder"),
+        (["--model_name_or_path", str(SAMPLE)], "--model_name_or_path .*es_corpus_sample.txt: not a folder"),
+        (["--model_name_or_path", str(empty)], "--model_name_or_path .*empty: the folder holds no config.json"),
+        (["--model_name_or_path", str(model_only)], "model_only: the folder holds no tokenizer_config.json"),
+        (["--model_config", str(TINY), "--tokenizer_name", str(empty)], "--tokenizer_name .*holds no tokenizer_co"),
+    ]
+    for flags, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run_mlm.parse_args([*base, *flags])
+    run_mlm.parse_args([*base, "--model_name_or_path", "someone/spanish-moe-bert-large"])  # a Hub id: read later
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # as without network, at once
+    with pytest.raises(OSError, match="--model_name_or_path someone/nope: no local folder of that name, and no Hub"):
+        run_mlm.from_folder_or_hub("--model_name_or_path", "someone/nope", SpanishMoEBertConfig.from_pretrained)
 
 
 @pytest.mark.parametrize(
@@ -445,6 +467,7 @@ def test_disk_budget_removes_old_checkpoints_and_never_crosses(tmp_path, tokeniz
 SLOW_RUN = """
 import sys, time
 import run_mlm
+from configuration_spanish_moe_bert import SpanishMoEBertConfig
 from transformers import TrainerCallback
 
 class Slow(TrainerCallback):  # gives the test time to kill mid-run; does not change any number
