@@ -31,6 +31,8 @@ def parse_model(spec: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"--model expects NAME=FOLDER, got {spec!r}")
     if not Path(path).is_dir():
         raise argparse.ArgumentTypeError(f"--model {name}: folder not found: {path}")
+    if not (Path(path) / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"--model {name}: {path} holds no config.json (give an exported model folder)")
     return name, path
 
 

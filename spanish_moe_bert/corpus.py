@@ -99,6 +99,8 @@ def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
 def check_corpus_file(path: str | os.PathLike) -> str:
     """`path` as a string, after failing on an unsupported file type or a missing file."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CorpusError(f"{path}: a folder, not a corpus file; give the files in it (e.g. {path}/*.jsonl.gz)")
     if not path.endswith(SUPPORTED_SUFFIXES):
         raise CorpusError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     if not os.path.isfile(path):

@@ -38,6 +38,8 @@ def test_jsonl_and_jsonl_gz_yield_the_text_field(tmp_path, compress):
 def test_missing_file_and_unsupported_type(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         list(iter_texts(tmp_path / "nope.txt"))
+    with pytest.raises(CorpusError, match=r"a folder, not a corpus file; give the files in it \(e\.g\. .*/\*\.jsonl"):
+        list(iter_texts(tmp_path))
     (tmp_path / "c.csv").write_text("a,b")
     with pytest.raises(CorpusError, match=r"c\.csv: unsupported file type; expected one of .txt, .jsonl, .jsonl.gz"):
         list(iter_texts(tmp_path / "c.csv"))

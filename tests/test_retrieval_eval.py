@@ -228,3 +228,19 @@ def test_metrics_agree_with_sentence_transformers_information_retrieval_evaluato
     assert ours["ndcg@10"] == pytest.approx(library["dev_cosine_ndcg@10"], abs=1e-4)
     assert ours["mrr@10"] == pytest.approx(library["dev_cosine_mrr@10"], abs=1e-4)
     assert ours["recall@1"] == pytest.approx(library["dev_cosine_recall@1"], abs=1e-4)
+
+
+def test_evaluate_embeddings_names_a_model_folder_it_cannot_read(tmp_path):
+    import argparse
+
+    from evaluate_embeddings import parse_model
+
+    (tmp_path / "exported").mkdir(), (tmp_path / "exported" / "config.json").write_text("{}")
+    assert parse_model(f"ours={tmp_path / 'exported'}") == ("ours", str(tmp_path / "exported"))
+    for spec, message in [
+        ("ours", "expects NAME=FOLDER"),
+        (f"ours={tmp_path / 'missing'}", "--model ours: folder not found"),
+        (f"ours={tmp_path}", "--model ours: .* holds no config.json"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse_model(spec)
