@@ -269,6 +269,8 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
         model_args.model_config = None  # a training run file's architecture: the trained model has its own
     elif (model_args.model_config is None) == (model_args.model_name_or_path is None):
         raise ValueError("give exactly one of --model_config (train from scratch) and --model_name_or_path")
+    if training_args.push_to_hub and not training_args.hub_model_id:  # else the push would fail after training
+        raise ValueError("--push_to_hub needs --hub_model_id, e.g. your-name/spanish-moe-bert-mini")
     evaluation = "--do_train false" if not training_args.do_train else "evaluation (--do_eval or --eval_strategy)"
     evaluates = not training_args.do_train or training_args.do_eval or training_args.eval_strategy != "no"
     if evaluates and not (data_args.validation_file or data_args.validation_split_percentage > 0):

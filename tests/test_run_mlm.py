@@ -87,7 +87,7 @@ def test_json_run_file_with_flag_overrides(tmp_path):
         run_mlm.parse_args([str(run_file)])
 
 
-def test_evaluation_without_validation_data_or_samples_is_named(tmp_path):
+def test_evaluation_without_validation_data_or_samples_and_a_push_without_repo_are_named(tmp_path):
     base = ["--model_config", str(TINY), "--train_file", str(SAMPLE), "--output_dir", str(tmp_path)]
     with pytest.raises(ValueError, match="--max_eval_samples must be at least 1, got -5"):
         run_mlm.parse_args([*base, "--max_eval_samples", "-5"])
@@ -97,6 +97,8 @@ def test_evaluation_without_validation_data_or_samples_is_named(tmp_path):
     run_mlm.parse_args(
         [*base, "--validation_split_percentage", "0", "--do_eval", "true", "--validation_file", str(SAMPLE)]
     )
+    with pytest.raises(ValueError, match="--push_to_hub needs --hub_model_id"):
+        run_mlm.parse_args([*base, "--push_to_hub", "true"])
 
 
 def test_a_model_or_tokenizer_that_is_no_saved_folder_nor_a_hub_id_is_named(tmp_path, monkeypatch):
