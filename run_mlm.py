@@ -46,7 +46,7 @@ from spanish_moe_bert.data import (
     tokenize_stream,
 )
 from spanish_moe_bert.export import HubPushError, export_model
-from spanish_moe_bert.resume import ResumableStream, StreamStateCallback, resume_checkpoint
+from spanish_moe_bert.resume import ResumableStream, StreamStateCallback, check_same_stream, resume_checkpoint
 from spanish_moe_bert.training import (
     MoEMLMTrainer,
     NonFiniteLossError,
@@ -420,6 +420,8 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
     if checkpoint is not None:
         check_same_architecture(checkpoint, model.config)
     finished = finished_state(checkpoint, training_args.max_steps)
+    if checkpoint is not None and finished is None:
+        check_same_stream(checkpoint, stream_source(data_args))
     if finished is not None:
         # The Trainer would still run a step (the stream, not the Trainer, skips what was read): train none.
         logger.info(f"{checkpoint} is this run's last step ({finished.global_step}): nothing left to train")
@@ -454,7 +456,7 @@ def run(model_args, data_args, training_args, extra_callbacks=()) -> dict:
         compute_metrics=mlm_metrics if eval_dataset is not None else None,
         preprocess_logits_for_metrics=logits_to_predictions if eval_dataset is not None else None,
         callbacks=[
-            StreamStateCallback(train_stream),
+            StreamStateCallback(train_stream, stream_source(data_args)),
             MaskingRateCallback(data_args.mlm_probability),
             RouterBiasCallback(),
             disk_budget,
@@ -502,6 +504,24 @@ def check_same_architecture(checkpoint: Path, config: SpanishMoEBertConfig) -> N
             f"{checkpoint} was trained with {fields}: resume it with the same --model_config and --config_overrides, "
             "or give another --output_dir"
         )
+
+
+def stream_source(data_args: DataTrainingArguments) -> dict:
+    """The data arguments that decide what the training stream yields, in order: a checkpoint's position in the
+    stream refers to them (`check_same_stream`)."""
+    local = data_args.train_file is not None
+    return {
+        "train_file": [str(Path(name).resolve()) for name in data_args.train_file] if local else None,
+        "dataset_name": None if local else data_args.dataset_name,
+        "dataset_config_name": None if local else data_args.dataset_config_name,
+        "dataset_split": None if local else data_args.dataset_split,
+        "text_column": data_args.text_column,
+        # documents held out of training by content hash (none when --validation_file gives the validation data)
+        "validation_split_percentage": 0 if data_args.validation_file else data_args.validation_split_percentage,
+        "max_seq_length": data_args.max_seq_length,
+        "line_by_line": data_args.line_by_line,
+        "map_batch_size": data_args.map_batch_size,
+    }
 
 
 def finished_state(checkpoint: Path | None, max_steps: int) -> TrainerState | None:

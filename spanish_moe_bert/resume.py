@@ -116,8 +116,9 @@ class StreamStateCallback(TrainerCallback, ExportableState):
     position lands in the checkpoint atomically with the step it belongs to.
     """
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, source: dict | None = None):
         self.stream = stream
+        self.source = source  # the data arguments the positions refer to (`check_same_stream`)
         self.stream_states = None
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -127,7 +128,7 @@ class StreamStateCallback(TrainerCallback, ExportableState):
         return control
 
     def state(self) -> dict:
-        return {"args": {}, "attributes": {"stream_states": self.stream_states}}
+        return {"args": {}, "attributes": {"stream_states": self.stream_states, "stream_source": self.source}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,13 +136,30 @@ class StreamStateCallback(TrainerCallback, ExportableState):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_stream_states(checkpoint: Path) -> list[dict] | None:
-    """The per-rank stream positions saved in a checkpoint, or None if it is incomplete."""
+def read_stream_states(checkpoint: Path, key: str = "stream_states"):
+    """The per-rank stream positions saved in a checkpoint, or None if it is incomplete (`key="stream_source"`: the
+    data arguments they refer to, None in checkpoints from before 2026-12-08)."""
     try:
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-        return state["stateful_callbacks"][StreamStateCallback.__name__]["attributes"]["stream_states"]
+        return state["stateful_callbacks"][StreamStateCallback.__name__]["attributes"][key]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def check_same_stream(checkpoint: Path, source: dict) -> None:
+    """Raise a ValueError naming every data argument in which `checkpoint`'s training stream differs from `source`
+    (a run resumed with other files or another block length): its saved positions point into other data."""
+    saved = read_stream_states(checkpoint, "stream_source")
+    if saved is None:
+        return
+    differ = [key for key in sorted(saved.keys() | source.keys()) if saved.get(key) != source.get(key)]
+    if differ:
+        fields = ", ".join(f"--{key} {saved.get(key)!r} (now {source.get(key)!r})" for key in differ)
+        raise ValueError(
+            f"{checkpoint} was trained on a data stream with {fields}, and its saved position points into that "
+            f"stream: resume it with the same data arguments, or train on other data from it in another --output_dir "
+            f"with --model_name_or_path {checkpoint}"
+        )
 
 
 def is_complete(checkpoint: Path) -> bool:

@@ -32,6 +32,7 @@ from spanish_moe_bert.data import (
 from spanish_moe_bert.resume import (
     ResumableStream,
     StreamStateCallback,
+    check_same_stream,
     is_complete,
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
@@ -294,6 +295,33 @@ def test_resume_refuses_another_process_count_and_cpu_processes_on_old_transform
     resumed = stream()
     assert resume_checkpoint(args(2), resumed) == checkpoint
     assert next(iter(resumed))["input_ids"] == following  # moved to the saved position
+
+
+def test_resume_refuses_a_stream_of_other_data_arguments_and_names_them(tmp_path, monkeypatch):
+    import run_mlm
+
+    monkeypatch.chdir(REPO)
+    base = ["--model_config", "configs/tiny.json", "--output_dir", str(tmp_path), "--max_seq_length", "64"]
+    relative = run_mlm.stream_source(run_mlm.parse_args([*base, "--train_file", "data/es_corpus_sample.txt"])[1])
+    absolute = run_mlm.stream_source(run_mlm.parse_args([*base, "--train_file", str(SAMPLE)])[1])
+    assert relative == absolute  # the same files, however named
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    callback = StreamStateCallback(source=relative)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"stateful_callbacks": {"x": None}}))
+    check_same_stream(checkpoint, absolute)  # a checkpoint without a recorded source (before 2026-12-08) passes
+    state = {"stateful_callbacks": {"StreamStateCallback": callback.state()}}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    check_same_stream(checkpoint, absolute)
+    other = run_mlm.stream_source(
+        run_mlm.parse_args([*base[:-1], "128", "--train_file", str(SAMPLE), "--line_by_line", "true"])[1]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint-4 was trained on a data stream with --line_by_line False \(now "
+        r"True\), --max_seq_length 64 \(now 128\), and its saved position .* --model_name_or_path",
+    ):
+        check_same_stream(checkpoint, other)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------
