@@ -116,7 +116,7 @@ def check_saved_folder(flag: str, name: str | None, needed: str) -> None:
     """A local folder given to `flag` must hold `needed`; a name that is no folder must be a Hub id."""
     if name is None:
         return
-    path = Path(name).expanduser()
+    path = Path(name)  # as transformers reads it: a folder, else a Hub id
     if path.is_dir() and not (path / needed).is_file():
         raise ValueError(f"{flag} {name}: the folder holds no {needed} (give a folder saved by run_mlm.py)")
     if not path.is_dir():
@@ -131,7 +131,7 @@ def from_folder_or_hub(flag: str, name: str, load):
     try:
         return load(name)
     except OSError as error:
-        if Path(name).expanduser().is_dir():
+        if Path(name).is_dir():
             raise
         raise OSError(
             f"{flag} {name}: no local folder of that name, and no Hub model could be read: {error}"
@@ -336,9 +336,9 @@ def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments,
 
 
 def read_or_train_tokenizer(model_args: ModelArguments, training_args: TrainingArguments, train_documents):
-    if model_args.tokenizer_name or model_args.model_name_or_path:
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    if source is not None:
         flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
-        source = model_args.tokenizer_name or model_args.model_name_or_path
         return from_folder_or_hub(
             flag, source, lambda name: AutoTokenizer.from_pretrained(name, trust_remote_code=True)
         )
@@ -575,7 +575,7 @@ def export(model_args, training_args, data_args, metrics: dict, push_to_hub: boo
             training_args.output_dir,
             eval_results=metrics,
             datasets=[] if data_args.train_file else [data_args.dataset_name],
-            base_model=source if source is not None and not Path(source).exists() else None,
+            base_model=source if source is not None and not Path(source).is_dir() else None,
             mlm_probability=data_args.mlm_probability,
             push_to_hub=push_to_hub,
             hub_model_id=training_args.hub_model_id,

@@ -536,8 +536,8 @@ def export_model(
     `datasets` (Hub ids for the card) default to those named by a card already in `model_dir` (run_mlm.py
     writes one), else DEFAULT_DATASETS. `base_model`, the Hub model that training started from (the card's
     `base_model` metadata, which links the two on the Hub), defaults to the one a card in `model_dir` names.
-    `mlm_probability`, the masking rate of pre-training and of the card's MLM
-    metrics, defaults to the one run_mlm.py records in `model_dir/trainer_state.json`, else MLM_PROBABILITY.
+    `mlm_probability`, the masking rate of pre-training and of the card's MLM metrics, defaults to the one
+    run_mlm.py records in `model_dir/trainer_state.json`, else MLM_PROBABILITY.
     A `sentence_stage` exports that stage's encoder under the checkpoint's MLM head (so the folder still loads as
     every Auto class), with its prompts and sequence length; its card is that stage's (training table, loss curve,
     retrieval results), without the checkpoint's MLM metrics, which the stage made stale.
@@ -685,10 +685,10 @@ def weight_files(folder: Path) -> list[Path]:
 def remove_superseded_weights(output_dir: Path, read: list[Path], written: set[str]) -> None:
     """Remove the weight files an in-place export read (`read`) and wrote again as model.safetensors; warn about
     weights of other layouts in output_dir, which stay (they are not this model's) and which a push leaves out."""
-    for path in read:
-        if path.relative_to(output_dir).as_posix() not in written:
-            logger.info(f"removing {path}: its weights are in model.safetensors now")
-            path.unlink()
+    for name in (path.name for path in read):  # files beside config.json, as from_pretrained reads them
+        if name not in written:
+            logger.info(f"removing {output_dir / name}: its weights are in model.safetensors now")
+            (output_dir / name).unlink()
     others = sorted(path.name for pattern in OTHER_WEIGHT_FILES for path in output_dir.glob(pattern))
     if others:
         logger.warning(

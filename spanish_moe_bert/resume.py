@@ -136,21 +136,25 @@ class StreamStateCallback(TrainerCallback, ExportableState):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_stream_states(checkpoint: Path, key: str = "stream_states"):
-    """The per-rank stream positions saved in a checkpoint, or None if it is incomplete (`key="stream_source"`: the
-    data arguments they refer to, None in checkpoints from before 2026-12-08)."""
+def _saved_attribute(checkpoint: Path, name: str):
+    """`StreamStateCallback.<name>` as saved in a checkpoint, or None if it is not there."""
     try:
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-        return state["stateful_callbacks"][StreamStateCallback.__name__]["attributes"][key]
+        return state["stateful_callbacks"][StreamStateCallback.__name__]["attributes"][name]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def read_stream_states(checkpoint: Path) -> list[dict] | None:
+    """The per-rank stream positions saved in a checkpoint, or None if it is incomplete."""
+    return _saved_attribute(checkpoint, "stream_states")
 
 
 def check_same_stream(checkpoint: Path, source: dict) -> None:
     """Raise a ValueError naming every data argument in which `checkpoint`'s training stream differs from `source`
     (a run resumed with other files or another block length): its saved positions point into other data."""
-    saved = read_stream_states(checkpoint, "stream_source")
-    if saved is None:
+    saved = _saved_attribute(checkpoint, "stream_source")
+    if saved is None:  # a checkpoint from before 2026-12-08
         return
     differ = [key for key in sorted(saved.keys() | source.keys()) if saved.get(key) != source.get(key)]
     if differ:
