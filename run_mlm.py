@@ -106,19 +106,19 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        check_saved_folder("--model_name_or_path", self.model_name_or_path, "config.json")
-        if self.tokenizer_name is None:  # the model's folder holds its tokenizer too
-            check_saved_folder("--model_name_or_path", self.model_name_or_path, "tokenizer_config.json")
-        check_saved_folder("--tokenizer_name", self.tokenizer_name, "tokenizer_config.json")
+        # the model's folder holds its tokenizer too, unless --tokenizer_name gives another
+        model_files = ["config.json"] + ([] if self.tokenizer_name else ["tokenizer_config.json"])
+        check_saved_folder("--model_name_or_path", self.model_name_or_path, model_files)
+        check_saved_folder("--tokenizer_name", self.tokenizer_name, ["tokenizer_config.json"])
 
 
-def check_saved_folder(flag: str, name: str | None, needed: str) -> None:
-    """A local folder given to `flag` must hold `needed`; a name that is no folder must be a Hub id."""
+def check_saved_folder(flag: str, name: str | None, needed: list[str]) -> None:
+    """A local folder given to `flag` must hold the files `needed`; a name that is no folder must be a Hub id."""
     if name is None:
         return
     path = Path(name)  # as transformers reads it: a folder, else a Hub id
-    if path.is_dir() and not (path / needed).is_file():
-        raise ValueError(f"{flag} {name}: the folder holds no {needed} (give a folder saved by run_mlm.py)")
+    if path.is_dir() and (missing := [file for file in needed if not (path / file).is_file()]):
+        raise ValueError(f"{flag} {name}: the folder holds no {missing[0]} (give a folder saved by run_mlm.py)")
     if not path.is_dir():
         try:
             validate_repo_id(name)

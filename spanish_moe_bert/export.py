@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 from configuration_spanish_moe_bert import AUTO_MAP, SpanishMoEBertConfig
 from modeling_spanish_moe_bert import SpanishMoEBertForMaskedLM
@@ -670,10 +671,7 @@ def remove_stale_layout(output_dir: Path, written: set[str]) -> None:
 def weight_files(folder: Path) -> list[Path]:
     """The weight files `from_pretrained` reads in `folder`: model.safetensors, else the safetensors shards and their
     index, else pytorch_model.bin, else its shards and their index."""
-    for single, index in (
-        ("model.safetensors", "model.safetensors.index.json"),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-    ):
+    for single, index in ((SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
         if (folder / single).is_file():
             return [folder / single]
         if (folder / index).is_file():
@@ -712,7 +710,7 @@ def network_errors() -> tuple[type[Exception], ...]:
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Create `repo_id` on the Hub if needed and upload `folder` (without Trainer checkpoints); returns its URL."""
     folder = Path(folder)
-    other_weights = list(OTHER_WEIGHT_FILES) if (folder / "model.safetensors").is_file() else []
+    other_weights = list(OTHER_WEIGHT_FILES) if (folder / SAFE_WEIGHTS_NAME).is_file() else []
     try:
         create_repo(repo_id, private=private, exist_ok=True, token=token)
         upload_folder(
