@@ -155,9 +155,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x` of shape (B, heads, T, dim) by the (B, T, dim) tables."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+    """Rotate `x` of shape (B, T, heads, dim) by the (B, T, dim) tables, in fp32."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    x32 = x.float()
+    # `x * cos + rotate_half(x) * sin`, the second product added in place: one (B, T, heads, dim) temporary fewer
+    return (x32 * cos).addcmul_(rotate_half(x32), sin).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,13 +228,14 @@ class SpanishMoEBertAttention(nn.Module):
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, **kwargs):
         b, t, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = self.k_proj(hidden_states).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, d)
-        v = self.v_proj(hidden_states).view(b, t, -1, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = apply_rotary(self.q_proj(hidden_states).view(b, t, -1, self.head_dim), cos, sin)  # (B, T, H, d)
+        k = apply_rotary(self.k_proj(hidden_states).view(b, t, -1, self.head_dim), cos, sin)  # (B, T, KV, d)
+        v = self.v_proj(hidden_states).view(b, t, -1, self.head_dim)
         attend = attention_interface(self.config, kwargs.get("output_attentions", False))
         dropout = self.config.attention_dropout if self.training else 0.0
+        # (B, heads, T, d) views of the projections' layout: SDPA reads them in place and writes (B, T, H, d)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         y, att = attend(self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs)
         return self.o_proj(y.reshape(b, t, -1)), att  # (B, T, hidden), (B, H, T, T) or None
 
@@ -274,28 +277,35 @@ class SpanishMoEBertLatentAttention(nn.Module):
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, **kwargs):
         b, t, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(b, t, self.num_heads, self.qk_head_dim).transpose(1, 2)
-        q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)  # (B, H, T, nope), (B, H, T, rope)
-
-        c_kv, k_rope = self.kv_a_proj(hidden_states).split([self.config.kv_lora_rank, self.rope_dim], dim=-1)
-        kv = self.kv_b_proj(self.kv_a_norm(c_kv)).view(b, t, self.num_heads, self.nope_dim + self.v_head_dim)
-        k_nope, v = kv.transpose(1, 2).split([self.nope_dim, self.v_head_dim], dim=-1)
-        k_rope = k_rope.view(b, 1, t, self.rope_dim)  # one RoPE key shared by all heads
-
-        cos, sin = position_embeddings
-        q_rope, k_rope = apply_rotary(q_rope, cos, sin), apply_rotary(k_rope, cos, sin)
-        q = torch.cat((q_nope, q_rope), dim=-1)
-        k = torch.cat((k_nope, k_rope.expand(b, self.num_heads, t, self.rope_dim)), dim=-1)
         attend = attention_interface(self.config, kwargs.get("output_attentions", False))
         # Fused SDPA kernels need one head size for q, k and v: zero-pad v to the q/k size, drop the padding after.
         pad_v = self.v_head_dim < self.qk_head_dim and attend is not eager_attention_forward
-        if pad_v:
-            v = F.pad(v, (0, self.qk_head_dim - self.v_head_dim))
+        q = self.queries(hidden_states, *position_embeddings)
+        k, v = self.keys_and_values(hidden_states, *position_embeddings, pad_v)
         dropout = self.config.attention_dropout if self.training else 0.0
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, d) views, as in MHA
         y, att = attend(self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs)
         if pad_v:
             y = y[..., : self.v_head_dim]
         return self.o_proj(y.reshape(b, t, -1)), att  # (B, T, hidden), (B, H, T, T) or None
+
+    def queries(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, nope + rope): each head's position-free part and its rotated part."""
+        b, t, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(b, t, self.num_heads, self.qk_head_dim)
+        q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        return torch.cat((q_nope, apply_rotary(q_rope, cos, sin)), dim=-1)
+
+    def keys_and_values(self, hidden_states, cos, sin, pad_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (B, T, H, nope + rope) and values (B, T, H, v_head_dim, zero-padded to the key width if `pad_v`),
+        up-projected from the latent. Built here so that the up-projection is freed once they are."""
+        b, t, _ = hidden_states.shape
+        c_kv, k_rope = self.kv_a_proj(hidden_states).split([self.config.kv_lora_rank, self.rope_dim], dim=-1)
+        kv = self.kv_b_proj(self.kv_a_norm(c_kv)).view(b, t, self.num_heads, self.nope_dim + self.v_head_dim)
+        k_nope, v = kv.split([self.nope_dim, self.v_head_dim], dim=-1)
+        k_rope = apply_rotary(k_rope.view(b, t, 1, self.rope_dim), cos, sin)  # one RoPE key shared by all heads
+        k = torch.cat((k_nope, k_rope.expand(b, t, self.num_heads, self.rope_dim)), dim=-1)
+        return k, F.pad(v, (0, self.qk_head_dim - self.v_head_dim)) if pad_v else v
 
 
 ATTENTION_CLASSES = {
