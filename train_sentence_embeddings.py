@@ -56,7 +56,7 @@ from torch import nn
 from transformers import AutoTokenizer, HfArgumentParser
 
 from spanish_moe_bert.corpus import iter_corpus
-from spanish_moe_bert.export import SentenceStage, card_datasets, export_model
+from spanish_moe_bert.export import SentenceStage, export_model, saved_card_data
 from spanish_moe_bert.onnx import require_onnx_packages
 from spanish_moe_bert.pairs import (
     BUILDERS,
@@ -463,7 +463,8 @@ def export_embedding_model(
         sparse_pooling=encoder[1] if sparse else None,
         query_idf=model[0].sub_modules["query"][0] if args.query_encoder == "idf" else None,
     )
-    datasets = card_datasets(args.model_name_or_path) or []
+    saved = saved_card_data(args.model_name_or_path)
+    datasets = (saved.datasets if saved is not None else None) or []
     return export_model(
         args.model_name_or_path,
         output_dir,

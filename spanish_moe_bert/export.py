@@ -560,11 +560,11 @@ def export_model(
             f"{model_dir} holds no config.json: give a folder saved by run_mlm.py or save_pretrained"
         )
 
+    saved = saved_card_data(model_dir)
     if datasets is None:
-        datasets = card_datasets(model_dir)
-        datasets = DEFAULT_DATASETS if datasets is None else datasets
-    if base_model is None:
-        base_model = card_base_model(model_dir)
+        datasets = DEFAULT_DATASETS if saved is None else saved.datasets or []
+    if base_model is None and saved is not None:
+        base_model = saved.base_model
     read = weight_files(model_dir)
     model = SpanishMoEBertForMaskedLM.from_pretrained(model_dir).eval()
     tokenizer = SpanishSPMTokenizer.from_pretrained(model_dir)
@@ -635,16 +635,10 @@ def export_model(
     return output_dir
 
 
-def card_datasets(folder: str | Path) -> list[str] | None:
-    """The datasets named by the model card in `folder` ([] for local data), or None where it has no card."""
+def saved_card_data(folder: str | Path) -> ModelCardData | None:
+    """The metadata of the model card in `folder` (its datasets, base_model, ...), or None where it has no card."""
     card = Path(folder) / "README.md"
-    return (ModelCard.load(card).data.datasets or []) if card.is_file() else None
-
-
-def card_base_model(folder: str | Path) -> str | None:
-    """The Hub model the model card in `folder` names as its base, if any."""
-    card = Path(folder) / "README.md"
-    return ModelCard.load(card).data.base_model if card.is_file() else None
+    return ModelCard.load(card).data if card.is_file() else None
 
 
 def move_into(staging: Path, output_dir: Path) -> None:
